@@ -1,0 +1,49 @@
+"""The bench stage: measure the teacher, the int8 baseline and every student artifact; write the reports."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from benchmarks.hardware import hardware
+from benchmarks.measure import ModelEntry, count_params, measure_model
+from benchmarks.report import add_retention, write_reports
+from distill.data import TaskData
+from distill.recipe import BenchSpec
+from distill.runtime import MODEL_FILES
+
+log = logging.getLogger(__name__)
+
+
+def model_entries(teacher_dir: Path, artifacts: dict[str, Path], model_dirs: dict[str, Path]) -> list[ModelEntry]:
+    """The teacher in PyTorch, then each artifact's ONNX files (the teacher's int8 is the baseline)."""
+    entries = [ModelEntry("teacher", "teacher", "torch-fp32", teacher_dir, count_params(teacher_dir))]
+    for name, directory in artifacts.items():
+        params = count_params(model_dirs[name])
+        for precision, file in MODEL_FILES.items():
+            if not (directory / file).is_file():
+                continue
+            role = "student"
+            if name == "teacher":
+                role = "baseline" if precision == "int8" else "teacher"
+            entry_name = "baseline" if role == "baseline" else name
+            entries.append(ModelEntry(entry_name, role, f"onnx-{precision}", directory / file, params))
+    return entries
+
+
+def run_benchmarks(tasks: list[TaskData], entries: list[ModelEntry], spec: BenchSpec, pad_id: int,
+                   out_dir: Path) -> dict:
+    """Measure every entry on the test split and write report.json, report.md and the Pareto plot."""
+    threads = spec.threads or hardware()["cores"] or 1
+    models = []
+    for entry in entries:
+        log.info("bench: %s (%s)", entry.name, entry.format)
+        models.append(measure_model(entry, tasks, spec, threads, pad_id))
+    add_retention(models)
+    report = {
+        "hardware": hardware(threads),
+        "tasks": [{"name": t.info.name, "type": t.info.type, "metric": t.info.metric} for t in tasks],
+        "models": models,
+    }
+    write_reports(report, out_dir)
+    return report

@@ -1,0 +1,95 @@
+"""The `distill` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from distill.errors import DistillError
+
+STAGE_HELP = {
+    "teacher": "fine-tune the multi-task teacher (or check a given one)",
+    "cache": "run the teacher once and fill the teacher cache",
+    "train": "distil the students from the cache",
+    "export": "export teacher and students to ONNX fp32 and int8, with checks",
+    "bench": "measure every artifact and write report.json, report.md and the plot",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description="Compress a multi-task transformer for the edge.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run every stage of a recipe (skips stages whose inputs are unchanged)")
+    _recipe_args(run)
+
+    demo = sub.add_parser("demo", help="run the built-in offline demo recipe")
+    demo.add_argument("--quick", action="store_true", help="subsampled data and one epoch (minutes, not an hour)")
+    demo.add_argument("--out", required=True, type=Path, help="output directory")
+    demo.add_argument("--force", action="store_true", help="rerun every stage even when its inputs are unchanged")
+
+    for stage, text in STAGE_HELP.items():
+        cmd = sub.add_parser(stage, help=f"{text} (and the stages before it)")
+        _recipe_args(cmd)
+        if stage == "train":
+            cmd.add_argument("--student", action="append", help="train only this student (repeatable)")
+
+    gate = sub.add_parser("gate", help="exit 1 when the chosen model misses a bound")
+    gate.add_argument("report", type=Path, help="a report.json")
+    gate.add_argument("--model", help="NAME or NAME/FORMAT (default: the best student)")
+    gate.add_argument("--min-retention", type=float, help="lowest acceptable retention (0..1)")
+    gate.add_argument("--max-latency-ms", type=float, help="highest acceptable p50 latency in ms")
+    gate.add_argument("--max-size-mb", type=float, help="highest acceptable size on disk in MB")
+    return parser
+
+
+def _recipe_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("recipe", type=Path, help="recipe YAML file")
+    cmd.add_argument("--out", required=True, type=Path, help="output directory")
+    cmd.add_argument("--force", action="store_true", help="rerun every stage even when its inputs are unchanged")
+
+
+def _main(args: argparse.Namespace) -> int:
+    from distill import api
+
+    if args.command == "gate":
+        from distill.gate import check_gate
+
+        passed, lines = check_gate(args.report, args.model, args.min_retention, args.max_latency_ms, args.max_size_mb)
+        print("\n".join(lines) or "no bound given")
+        return 0 if passed else 1
+    if args.command == "demo":
+        result = api.run_demo(args.out, quick=args.quick, force=args.force)
+    else:
+        until = "bench" if args.command == "run" else args.command
+        recipe = api.load_recipe(args.recipe)
+        result = api.run_recipe(recipe, args.out, until=until, students=getattr(args, "student", None),
+                                force=args.force)
+    print(json.dumps(result, indent=2))
+    report = Path(args.out) / "report.md"
+    if args.command in ("run", "demo", "bench") and report.is_file():
+        print(report.read_text(encoding="utf-8"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `distill` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return _main(args)
+    except DistillError as exc:
+        print(f"distill: error: {exc}".replace("\n", " "), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("distill: interrupted; completed stages are kept and a rerun continues from there", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Task metrics: accuracy and macro-F1 for classification, entity-level F1 for token tagging."""
+
+from __future__ import annotations
+
+import numpy as np
+from seqeval.metrics import f1_score as entity_f1
+from sklearn.metrics import accuracy_score, f1_score
+
+from distill.data import IGNORE_INDEX, EncodedSplit, TaskInfo
+
+
+def score(info: TaskInfo, split: EncodedSplit, logits: list[np.ndarray]) -> dict[str, float]:
+    """Every metric of a task, from per-example logits ([C] per example, or [tokens, C])."""
+    if info.type == "sequence_classification":
+        gold = np.asarray(split.labels)
+        pred = np.asarray([int(np.argmax(x)) for x in logits])
+        return {
+            "accuracy": float(accuracy_score(gold, pred)),
+            "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
+        }
+    gold_tags, pred_tags = [], []
+    correct = total = 0
+    for labels, example_logits in zip(split.labels, logits, strict=True):
+        keep = labels != IGNORE_INDEX
+        gold = labels[keep]
+        pred = np.argmax(example_logits[: len(labels)], axis=-1)[keep]
+        gold_tags.append([info.labels[i] for i in gold])
+        pred_tags.append([info.labels[i] for i in pred])
+        correct += int((gold == pred).sum())
+        total += int(keep.sum())
+    return {"entity_f1": float(entity_f1(gold_tags, pred_tags, zero_division=0)),
+            "token_accuracy": correct / max(total, 1)}
+
+
+def mean_score(scores: dict[str, float]) -> float:
+    """The unweighted mean of the tasks' primary metrics."""
+    return float(np.mean(list(scores.values()))) if scores else 0.0

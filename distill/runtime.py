@@ -1,0 +1,116 @@
+"""The edge runtime: run an exported artifact with onnxruntime, tokenizers and numpy only (no torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def output_name(task: str) -> str:
+    """The ONNX output that carries a task's logits."""
+    return f"logits_{task}"
+
+
+def open_session(path: Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session with full graph optimisation and a fixed thread count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxForward:
+    """A forward function (task, input_ids, attention_mask) -> logits over one ONNX file."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        self.session = open_session(path, threads)
+
+    def __call__(self, task: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
+        return self.session.run([output_name(task)], feeds)[0]
+
+    def run_all(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+        feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
+        return self.session.run(None, feeds)
+
+
+class Predictor:
+    """Per-task predictions for raw texts from an artifact directory (label + score, or entity spans)."""
+
+    def __init__(self, artifact_dir: str | Path, precision: str = "int8", threads: int | None = None,
+                 batch_size: int = 16):
+        from tokenizers import Tokenizer
+
+        directory = Path(artifact_dir)
+        self.tasks = json.loads((directory / "tasks.json").read_text(encoding="utf-8"))["tasks"]
+        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+        self.max_length = int(manifest["max_length"])
+        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.forward = OnnxForward(directory / MODEL_FILES[precision], threads)
+        self.batch_size = batch_size
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """For each text: {task: {"label", "score"}} or {task: [{"label", "start", "end", "text", "score"}]}."""
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            encodings = self.tokenizer.encode_batch(chunk)
+            width = max(len(e.ids) for e in encodings)
+            ids = np.zeros((len(chunk), width), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for row, enc in enumerate(encodings):
+                ids[row, : len(enc.ids)] = enc.ids
+                mask[row, : len(enc.ids)] = 1
+            outputs = dict(zip([t["name"] for t in self.tasks], self.forward.run_all(ids, mask), strict=True))
+            for row, (text, enc) in enumerate(zip(chunk, encodings, strict=True)):
+                item: dict[str, Any] = {}
+                for task in self.tasks:
+                    probs = _softmax(outputs[task["name"]][row])
+                    if task["type"] == "sequence_classification":
+                        best = int(np.argmax(probs))
+                        item[task["name"]] = {"label": task["labels"][best], "score": float(probs[best])}
+                    else:
+                        item[task["name"]] = _entities(text, enc, probs[: len(enc.ids)], task["labels"])
+                results.append(item)
+        return results
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def _entities(text: str, enc: Any, probs: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    """BIO spans over words (first sub-token decides), with character offsets into `text`."""
+    spans: list[dict[str, Any]] = []
+    previous_word = None
+    for position, word in enumerate(enc.word_ids):
+        if word is None or word == previous_word:
+            continue
+        previous_word = word
+        best = int(np.argmax(probs[position]))
+        tag, score = labels[best], float(probs[position, best])
+        start, end = enc.offsets[position]
+        end = max(e for (s, e), w in zip(enc.offsets, enc.word_ids, strict=True) if w == word)
+        kind = tag[2:]
+        if tag.startswith("B-") or (tag.startswith("I-") and (not spans or spans[-1]["label"] != kind
+                                                              or spans[-1]["closed"])):
+            spans.append({"label": kind, "start": start, "end": end, "scores": [score], "closed": False})
+        elif tag.startswith("I-"):
+            spans[-1]["end"] = end
+            spans[-1]["scores"].append(score)
+        elif spans:
+            spans[-1]["closed"] = True
+    return [{"label": s["label"], "start": s["start"], "end": s["end"], "text": text[s["start"] : s["end"]],
+             "score": float(np.mean(s["scores"]))} for s in spans]

@@ -1,0 +1,20 @@
+"""Loading tokenizers the same way everywhere (fast tokenizers only, no baked-in padding)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DistillInputError
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
+    """A fast tokenizer with any padding or truncation stored in tokenizer.json switched off."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=trust_remote_code)
+    if not tokenizer.is_fast:
+        raise DistillInputError(f"{path}: distill needs a fast (Rust) tokenizer with tokenizer.json")
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
+    return tokenizer

@@ -1,0 +1,48 @@
+"""Fine-tuning a multi-task teacher from a base encoder on batches mixed from all tasks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModel
+
+from distill.batching import Batch
+from distill.data import TaskData
+from distill.evaluation import evaluate, primary_scores, torch_forward
+from distill.fileio import atomic_directory
+from distill.losses import cross_entropy
+from distill.metrics import mean_score
+from distill.recipe import Recipe
+from distill.training import TrainSettings, TrainSummary, seed_everything, train_loop
+from teachers.multitask import MultiTaskModel
+
+log = logging.getLogger(__name__)
+
+
+def fine_tune_teacher(recipe: Recipe, tasks: list[TaskData], base_model: str, tokenizer, out_dir: Path,
+                      log_path: Path) -> TrainSummary:
+    """Fine-tune `base_model` with one head per task and save the best (dev) teacher to `out_dir`."""
+    spec = recipe.teacher
+    seed_everything(recipe.seed)
+    encoder = AutoModel.from_pretrained(base_model, trust_remote_code=spec.trust_remote_code)
+    model = MultiTaskModel(encoder, [t.info for t in tasks])
+    weights = {t.name: t.weight for t in recipe.tasks}
+    pad_id = int(tokenizer.pad_token_id or 0)
+
+    def loss_fn(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        out = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask), task=batch.task)
+        return weights[batch.task] * cross_entropy(out.logits[batch.task], torch.from_numpy(batch.labels))
+
+    def evaluate_fn(model: torch.nn.Module) -> tuple[float, dict]:
+        metrics = evaluate(torch_forward(model), tasks, "dev", pad_id, desc="teacher dev")
+        return mean_score(primary_scores(tasks, metrics)), metrics
+
+    def save_fn(model: torch.nn.Module) -> None:
+        with atomic_directory(out_dir) as tmp:
+            model.save(tmp, tokenizer)
+
+    settings = TrainSettings(spec.epochs, spec.batch_size, spec.learning_rate, spec.warmup_ratio, recipe.seed)
+    train = {t.info.name: t.encoded["train"] for t in tasks}
+    return train_loop(model, train, pad_id, loss_fn, evaluate_fn, save_fn, settings, log_path, "teacher")
