@@ -90,7 +90,7 @@ def train_loop(model: torch.nn.Module, train: dict[str, EncodedSplit], pad_id: i
                 step += 1
                 running += loss.item()
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch, refresh=False)
             score, metrics = evaluate_fn(accelerator.unwrap_model(model))
             record = {"epoch": epoch, "step": step, "train_loss": running / max(len(plan), 1), "dev_score": score,
                       "dev": metrics, "seconds": round(time.perf_counter() - started, 2)}

@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+from distill.errors import DistillInputError
+from distill.recipe import deep_merge, load_recipe
+
+
+def test_valid_recipe_loads_with_defaults(recipe_file):
+    recipe = load_recipe(recipe_file())
+    assert [t.name for t in recipe.tasks] == ["sentiment", "ner"]
+    assert recipe.tasks[0].metric == "accuracy"
+    assert recipe.tasks[1].metric == "entity_f1"
+    assert recipe.distillation.temperature == 2.0
+    assert recipe.export.parity_tolerance == 1e-4
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r["distillation"].update(tempreature=3), "distillation.tempreature: unknown key"),
+        (lambda r: r["distillation"].update(epochs="many"), "distillation.epochs"),
+        (lambda r: r["students"][0].update(layers=0), "students.0.layers"),
+        (lambda r: r["tasks"][0].update(type="regression"), "tasks.0.type"),
+        (lambda r: r["tasks"][0]["source"].update(hub="glue"), "give exactly one of 'demo', 'files' or 'hub'"),
+        (lambda r: r["teacher"].update(path="/x"), "give exactly one of 'base_model'"),
+        (lambda r: r["students"].append({"name": "s2", "layers": 1}), "duplicate name"),
+        (lambda r: r["students"][0].update(name="../evil"), "not a valid name"),
+        (lambda r: r["tasks"][1].update(metric="accuracy"), "does not fit task type"),
+    ],
+)
+def test_bad_recipe_names_the_key(recipe_file, edit, message):
+    path = recipe_file(edit)
+    with pytest.raises(DistillInputError) as info:
+        load_recipe(path)
+    text = str(info.value)
+    assert message in text
+    assert str(path) in text
+    assert "\n" not in text
+
+
+def test_missing_recipe_file_is_input_error(tmp_path: Path):
+    with pytest.raises(DistillInputError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_deep_merge_merges_named_lists_by_name():
+    base = {"tasks": [{"name": "a", "x": 1}, {"name": "b", "x": 2}], "teacher": {"epochs": 3, "lr": 1}}
+    merged = deep_merge(base, {"tasks": [{"name": "b", "limit": 5}], "teacher": {"epochs": 1}})
+    assert merged["tasks"] == [{"name": "a", "x": 1}, {"name": "b", "x": 2, "limit": 5}]
+    assert merged["teacher"] == {"epochs": 1, "lr": 1}
+
+
+def test_demo_recipes_validate():
+    from distill.api import demo_recipe
+
+    full, quick = demo_recipe(), demo_recipe(quick=True)
+    assert len(full.students) >= 2
+    assert quick.tasks[0].limit and not full.tasks[0].limit
+    assert quick.teacher.epochs < full.teacher.epochs

@@ -1,0 +1,69 @@
+"""The torch-free runtime over an exported artifact."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from distill.batching import pad_batch
+from distill.data import encode_tasks, load_tasks
+from distill.recipe import load_recipe
+from distill.runtime import OnnxForward, Predictor
+from distill.tokenizer import load_tokenizer
+from teachers.multitask import MultiTaskModel
+
+
+def test_runtime_imports_without_torch_or_transformers(trained_run):
+    artifact = trained_run / "out" / "artifacts" / "s2"
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'transformers'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from distill.runtime import Predictor
+out = Predictor({str(artifact)!r}, precision='fp32').predict(['the film was great fun', 'alice went to paris'])
+assert 'torch' not in sys.modules and 'transformers' not in sys.modules
+print(__import__('json').dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert set(out[0]) == {"sentiment", "ner"}
+    assert out[0]["sentiment"]["label"] in ("pos", "neg")
+    assert isinstance(out[1]["ner"], list)
+
+
+def test_predictor_agrees_with_pytorch(trained_run, tiny_base):
+    artifact = trained_run / "out" / "artifacts" / "s2"
+    model = MultiTaskModel.load(trained_run / "out" / "students" / "s2")
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(tiny_base)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    texts = tasks[0].splits["test"].texts
+    predictions = Predictor(artifact, precision="fp32").predict(texts)
+    split = tasks[0].encoded["test"]
+    batch = pad_batch("sentiment", split, np.arange(len(split)), tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).logits["sentiment"]
+    expected = [tasks[0].info.labels[i] for i in logits.argmax(-1).tolist()]
+    assert [p["sentiment"]["label"] for p in predictions] == expected
+
+
+def test_entities_have_character_offsets(trained_run):
+    artifact = trained_run / "out" / "artifacts" / "s2"
+    predictor = Predictor(artifact, precision="fp32")
+    text = "bob and carol went to rome"
+    for entity in predictor.predict([text])[0]["ner"]:
+        assert text[entity["start"] : entity["end"]] == entity["text"]
+        assert entity["label"] in ("per", "loc")
+
+
+def test_int8_session_runs(trained_run):
+    forward = OnnxForward(trained_run / "out" / "artifacts" / "s2" / "model.int8.onnx", threads=1)
+    ids = np.array([[2, 10, 11, 3]])
+    assert forward("ner", ids, np.ones_like(ids)).shape[:2] == (1, 4)
