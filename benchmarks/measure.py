@@ -1,18 +1,21 @@
-"""Measuring one model: test-split scores, latency at each batch size, throughput, parameters and size."""
+"""Measuring one model: test-split scores, latency grid, throughput, memory, FLOPs, parameters and size."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
-from distill.progress import progress
 
 from benchmarks.latency import bench_inputs, measure
 from distill.data import TaskData
 from distill.evaluation import ForwardFn, evaluate, primary_scores, torch_forward
+from distill.fileio import read_json
 from distill.metrics import mean_score
+from distill.progress import progress
 from distill.recipe import BenchSpec
 from distill.runtime import OnnxForward
 from teachers.multitask import MultiTaskModel
@@ -20,13 +23,15 @@ from teachers.multitask import MultiTaskModel
 
 @dataclass
 class ModelEntry:
-    """A model to measure: a PyTorch model directory or one ONNX file."""
+    """A model to measure: a PyTorch model directory or one ONNX file, and the model directory it came from."""
 
     name: str
     role: str
     format: str
     path: Path
+    model_dir: Path
     params: int
+    optimization_level: str = "all"
 
 
 def count_params(model_dir: Path) -> int:
@@ -41,30 +46,72 @@ def size_bytes(entry: ModelEntry) -> int:
     return sum(p.stat().st_size for p in entry.path.glob("*.safetensors"))
 
 
+def flops_estimate(model_dir: Path, seq_len: int) -> float:
+    """Multiply-adds × 2 of one forward pass at batch 1 × seq_len, from the encoder's config (BERT-style)."""
+    config = read_json(model_dir / "config.json")
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    ffn = config.get("intermediate_size", 4 * hidden)
+    per_layer = 2 * seq_len * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * seq_len * seq_len * hidden
+    return float(layers * per_layer)
+
+
+class PeakMemory:
+    """Peak growth of this process's resident memory while the block runs (sampled every 5 ms)."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.process.memory_info().rss
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.start) / 1e6
+
+
 def _forward(entry: ModelEntry, threads: int) -> ForwardFn:
     if entry.format == "torch-fp32":
         torch.set_num_threads(threads)
         return torch_forward(MultiTaskModel.load(entry.path))
-    return OnnxForward(entry.path, threads)
+    return OnnxForward(entry.path, threads, entry.optimization_level)
 
 
-def measure_model(entry: ModelEntry, tasks: list[TaskData], spec: BenchSpec, threads: int, pad_id: int) -> dict[str, Any]:
+def measure_model(entry: ModelEntry, tasks: list[TaskData], spec: BenchSpec, threads: int,
+                  pad_id: int) -> dict[str, Any]:
     """One `models` item of report.json (without retention)."""
-    forward = _forward(entry, threads)
-    metrics = evaluate(forward, tasks, "test", pad_id, desc=f"{entry.name} test")
-    scores = primary_scores(tasks, metrics)
     sample = [ids for t in tasks for ids in t.encoded["test"].input_ids[:64]]
     first_task = tasks[0].info.name
-    latencies = []
-    for batch in progress(spec.batch_sizes, desc=f"{entry.name} latency", leave=False, unit="batch size"):
-        input_ids, mask = bench_inputs(sample, batch, spec.seq_len, pad_id)
-        timing = measure(lambda ids=input_ids, m=mask: forward(first_task, ids, m), spec.warmup, spec.repeats)
-        latencies.append({"batch": batch, "seq_len": spec.seq_len, **timing})
-    largest = max(latencies, key=lambda x: x["batch"])
+    grid = [(batch, spec.seq_len) for batch in spec.batch_sizes]
+    grid += [(1, length) for length in spec.other_seq_lens if length != spec.seq_len]
+    with PeakMemory() as memory:
+        forward = _forward(entry, threads)
+        latencies = []
+        for batch, seq_len in progress(grid, desc=f"{entry.name} latency", leave=False, unit="shape"):
+            input_ids, mask = bench_inputs(sample, batch, seq_len, pad_id)
+            timing = measure(lambda ids=input_ids, m=mask: forward(first_task, ids, m), spec.warmup, spec.repeats)
+            latencies.append({"batch": batch, "seq_len": seq_len, **timing})
+    metrics = evaluate(forward, tasks, "test", pad_id, desc=f"{entry.name} test")
+    scores = primary_scores(tasks, metrics)
+    largest = max(latencies[: len(spec.batch_sizes)], key=lambda x: x["batch"])
     return {
         "name": entry.name, "role": entry.role, "format": entry.format, "params": entry.params,
-        "size_bytes": size_bytes(entry), "latency_ms": latencies[0],
-        "latency_by_batch": latencies,
+        "size_bytes": size_bytes(entry), "latency_ms": latencies[0], "latencies": latencies,
         "throughput_per_s": largest["batch"] * 1000.0 / largest["p50"],
+        "peak_memory_mb": memory.growth_mb, "flops": flops_estimate(entry.model_dir, spec.seq_len),
         "scores": scores, "metrics": metrics, "mean_score": mean_score(scores),
     }

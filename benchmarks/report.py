@@ -1,7 +1,9 @@
-"""Writing report.json, report.md and the Pareto plot (mean score against p50 latency)."""
+"""Writing report.json, report.md, report.html and the Pareto plot (mean score against p50 latency)."""
 
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
 from typing import Any
 
@@ -19,47 +21,75 @@ def add_retention(models: list[dict[str, Any]]) -> None:
 
 def pareto_front(models: list[dict[str, Any]]) -> set[str]:
     """Names of models that no other model beats on both mean score and p50 latency."""
-    front = set()
-    for m in models:
-        dominated = any(o is not m and o["mean_score"] >= m["mean_score"] and o["latency_ms"]["p50"] <= m["latency_ms"]["p50"]
-                        and (o["mean_score"] > m["mean_score"] or o["latency_ms"]["p50"] < m["latency_ms"]["p50"])
-                        for o in models)
-        if not dominated:
-            front.add(model_key(m))
-    return front
+    points = [(m["mean_score"], m["latency_ms"]["p50"], model_key(m)) for m in models]
+    return {key for score, latency, key in points
+            if not any(s >= score and t <= latency and (s > score or t < latency) for s, t, _ in points)}
 
 
 def model_key(model: dict[str, Any]) -> str:
     return f"{model['name']}/{model['format']}"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """report.md: hardware, then one table row per model, sorted by size."""
-    hw = report["hardware"]
+def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The report table (header, rows sorted by size), shared by the Markdown and HTML renderings."""
     tasks = [t["name"] for t in report["tasks"]]
     front = set(report.get("pareto_front", []))
-    lines = [
-        "# distill report", "",
-        f"Hardware: {hw['cpu']}; ISA {', '.join(hw['isa']) or 'n/a'}; {hw['threads']} threads; "
-        f"torch {hw['torch']}, onnxruntime {hw['onnxruntime']}.", "",
-        "Tasks: " + ", ".join(f"{t['name']} ({t['metric']})" for t in report["tasks"]), "",
-        "| model | role | format | params (M) | size (MB) | p50 ms | p90 ms | p99 ms | throughput/s | "
-        + " | ".join(tasks) + " | mean | retention | Pareto |",
-        "|" + "---|" * (11 + len(tasks)),
-    ]
+    header = ["model", "role", "format", "params (M)", "size (MB)", "p50 ms", "p90 ms", "p99 ms", "throughput/s",
+              "peak MB", "GFLOPs", *tasks, "mean", "retention", "Pareto"]
+    rows = []
     for m in sorted(report["models"], key=lambda x: x["size_bytes"]):
         lat = m["latency_ms"]
         retention = f"{m['retention']:.3f}" if m.get("retention") is not None else "-"
-        lines.append(
-            f"| {m['name']} | {m['role']} | {m['format']} | {m['params'] / 1e6:.1f} | {m['size_bytes'] / 1e6:.1f} | "
-            f"{lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {m['throughput_per_s']:.1f} | "
-            + " | ".join(f"{m['scores'][t]:.4f}" for t in tasks)
-            + f" | {m['mean_score']:.4f} | {retention} | {'*' if model_key(m) in front else ''} |"
-        )
+        rows.append([
+            m["name"], m["role"], m["format"], f"{m['params'] / 1e6:.1f}", f"{m['size_bytes'] / 1e6:.1f}",
+            f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{m['throughput_per_s']:.1f}",
+            f"{m.get('peak_memory_mb', 0):.0f}", f"{m.get('flops', 0) / 1e9:.2f}",
+            *[f"{m['scores'][t]:.4f}" for t in tasks], f"{m['mean_score']:.4f}", retention,
+            "*" if model_key(m) in front else "",
+        ])
+    return header, rows
+
+
+def _summary(report: dict[str, Any]) -> tuple[str, str, str]:
+    hw = report["hardware"]
     lat = report["models"][0]["latency_ms"]
-    lines += ["", f"Latency: batch {lat['batch']} × {lat['seq_len']} tokens. Throughput at the largest batch.",
-              f"Pareto plot: {PLOT_FILE}", ""]
+    hardware_line = (f"Hardware: {hw['cpu']}; ISA {', '.join(hw['isa']) or 'n/a'}; {hw['threads']} threads; "
+                     f"torch {hw['torch']}, onnxruntime {hw['onnxruntime']}.")
+    tasks_line = "Tasks: " + ", ".join(f"{t['name']} ({t['metric']})" for t in report["tasks"])
+    latency_line = (f"Latency: batch {lat['batch']} × {lat['seq_len']} tokens. Throughput at the largest batch. "
+                    "Peak MB: resident-memory growth while loading and timing the model. Pareto: no other model "
+                    "is both better and faster.")
+    return hardware_line, tasks_line, latency_line
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: hardware, then one table row per model, sorted by size."""
+    header, rows = table_rows(report)
+    hardware_line, tasks_line, latency_line = _summary(report)
+    lines = ["# distill report", "", hardware_line, "", tasks_line, "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", latency_line, f"Pareto plot: {PLOT_FILE}", ""]
     return "\n".join(lines)
+
+
+def render_html(report: dict[str, Any], plot_png: bytes) -> str:
+    """report.html: one self-contained page (the plot embedded as a data URI)."""
+    header, rows = table_rows(report)
+    hardware_line, tasks_line, latency_line = _summary(report)
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    image = base64.b64encode(plot_png).decode("ascii")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>distill report</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#eee}</style></head><body>"
+        f"<h1>distill report</h1><p>{html.escape(hardware_line)}</p><p>{html.escape(tasks_line)}</p>"
+        f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+        f"<p>{html.escape(latency_line)}</p>"
+        f"<img alt=\"Pareto plot: mean score against p50 latency\" src=\"data:image/png;base64,{image}\">"
+        "</body></html>\n"
+    )
 
 
 def plot_pareto(report: dict[str, Any], path: Path) -> None:
@@ -97,8 +127,9 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
 
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> None:
-    """report.json, report.md and the Pareto PNG into `out_dir`."""
+    """report.json, report.md, report.html and the Pareto PNG into `out_dir`."""
     report["pareto_front"] = sorted(pareto_front(report["models"]))
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     plot_pareto(report, out_dir / PLOT_FILE)
+    atomic_write_text(out_dir / "report.html", render_html(report, (out_dir / PLOT_FILE).read_bytes()))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from benchmarks.hardware import hardware
 from benchmarks.measure import ModelEntry, count_params, measure_model
 from benchmarks.report import add_retention, write_reports
 from distill.data import TaskData
+from distill.fileio import read_json
+from distill.hardware import hardware
 from distill.recipe import BenchSpec
 from distill.runtime import MODEL_FILES
 
@@ -16,18 +17,20 @@ log = logging.getLogger(__name__)
 
 
 def model_entries(teacher_dir: Path, artifacts: dict[str, Path], model_dirs: dict[str, Path]) -> list[ModelEntry]:
-    """The teacher in PyTorch, then each artifact's ONNX files (the teacher's int8 is the baseline)."""
-    entries = [ModelEntry("teacher", "teacher", "torch-fp32", teacher_dir, count_params(teacher_dir))]
+    """The teacher in PyTorch, then each artifact's ONNX files (the teacher's int8 files are the baseline)."""
+    entries = [ModelEntry("teacher", "teacher", "torch-fp32", teacher_dir, teacher_dir, count_params(teacher_dir))]
     for name, directory in artifacts.items():
         params = count_params(model_dirs[name])
+        level = read_json(directory / "manifest.json").get("optimization_level", "all")
         for precision, file in MODEL_FILES.items():
             if not (directory / file).is_file():
                 continue
             role = "student"
             if name == "teacher":
-                role = "baseline" if precision == "int8" else "teacher"
+                role = "teacher" if precision == "fp32" else "baseline"
             entry_name = "baseline" if role == "baseline" else name
-            entries.append(ModelEntry(entry_name, role, f"onnx-{precision}", directory / file, params))
+            entries.append(ModelEntry(entry_name, role, f"onnx-{precision}", directory / file, model_dirs[name],
+                                      params, level))
     return entries
 
 

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from distill.errors import DistillError
+from distill.errors import DistillError, DistillInputError
 
 STAGE_HELP = {
     "teacher": "fine-tune the multi-task teacher (or check a given one)",
@@ -38,6 +38,16 @@ def _parser() -> argparse.ArgumentParser:
         if stage == "train":
             cmd.add_argument("--student", action="append", help="train only this student (repeatable)")
 
+    predict = sub.add_parser("predict", help="predict with an exported artifact (onnxruntime only)")
+    predict.add_argument("artifact", type=Path, help="an artifact directory (DIR/artifacts/NAME)")
+    predict.add_argument("texts", nargs="+", help="texts to label")
+    predict.add_argument("--precision", default="int8", choices=["fp32", "int8", "int8-static"])
+    predict.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+
+    compare = sub.add_parser("compare", help="print what changed between two reports")
+    compare.add_argument("a", type=Path, help="the earlier report.json")
+    compare.add_argument("b", type=Path, help="the later report.json")
+
     gate = sub.add_parser("gate", help="exit 1 when the chosen model misses a bound")
     gate.add_argument("report", type=Path, help="a report.json")
     gate.add_argument("--model", help="NAME or NAME/FORMAT (default: the best student)")
@@ -50,10 +60,27 @@ def _parser() -> argparse.ArgumentParser:
 def _recipe_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("recipe", type=Path, help="recipe YAML file")
     cmd.add_argument("--out", required=True, type=Path, help="output directory")
-    cmd.add_argument("--force", action="store_true", help="rerun every stage even when its inputs are unchanged")
+    forced = "every stage" if cmd.prog.endswith(" run") else "this stage"
+    cmd.add_argument("--force", action="store_true", help=f"rerun {forced} even when its inputs are unchanged")
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.command == "predict":
+        from distill.runtime import Predictor
+
+        if not (args.artifact / "manifest.json").is_file():
+            raise DistillInputError(f"{args.artifact}: not an artifact directory (no manifest.json)")
+        try:
+            predictor = Predictor(args.artifact, precision=args.precision, threads=args.threads)
+        except ValueError as exc:
+            raise DistillInputError(str(exc)) from exc
+        print(json.dumps(predictor.predict(args.texts), indent=2, ensure_ascii=False))
+        return 0
+    if args.command == "compare":
+        from benchmarks.compare import compare_reports
+
+        print("\n".join(compare_reports(args.a, args.b)))
+        return 0
     from distill import api
 
     if args.command == "gate":
@@ -67,8 +94,11 @@ def _main(args: argparse.Namespace) -> int:
     else:
         until = "bench" if args.command == "run" else args.command
         recipe = api.load_recipe(args.recipe)
-        result = api.run_recipe(recipe, args.out, until=until, students=getattr(args, "student", None),
-                                force=args.force)
+        force = args.force if args.command == "run" else (until if args.force else False)
+        result = api.run_recipe(recipe, args.out, until=until, students=getattr(args, "student", None), force=force)
+    cache = Path(args.out) / "cache.json"
+    if args.command == "cache" and cache.is_file():
+        result = {**result, "cache": json.loads(cache.read_text(encoding="utf-8"))}
     print(json.dumps(result, indent=2))
     report = Path(args.out) / "report.md"
     if args.command in ("run", "demo", "bench") and report.is_file():

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from distill.progress import progress
 
 from distill.batching import eval_batches, pad_batch
 from distill.data import EncodedSplit, TaskData
 from distill.metrics import score
+from distill.progress import progress
 
 # (task, input_ids, attention_mask) -> logits [B, C] or [B, L, C]
 ForwardFn = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
@@ -45,7 +45,8 @@ def evaluate(forward: ForwardFn, tasks: list[TaskData], split: str, pad_id: int,
     results = {}
     for task in progress(tasks, desc=desc, leave=False, unit="task"):
         encoded = task.encoded[split]
-        results[task.info.name] = score(task.info, encoded, predict(forward, task.info.name, encoded, pad_id, batch_size))
+        logits = predict(forward, task.info.name, encoded, pad_id, batch_size)
+        results[task.info.name] = score(task.info, encoded, logits)
     return results
 
 

@@ -1,4 +1,4 @@
-"""The exporter: ONNX fp32 and dynamic int8 artifacts, checked against PyTorch and the task metrics."""
+"""The exporter: ONNX fp32 and int8 (dynamic, static) artifacts, checked against PyTorch and the task metrics."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import numpy as np
 import torch
 
 from distill.batching import eval_batches, pad_batch
-from distill.data import EncodedSplit, TaskData
+from distill.data import IGNORE_INDEX, EncodedSplit, TaskData
 from distill.errors import DistillError
-from distill.evaluation import evaluate, primary_scores, torch_forward
+from distill.evaluation import ForwardFn, predict, primary_scores, torch_forward
 from distill.fileio import atomic_directory, atomic_write_json, sha256_dir, sha256_file
+from distill.hardware import hardware, int8_preset
+from distill.metrics import score
 from distill.recipe import ExportSpec
 from distill.runtime import MODEL_FILES, OnnxForward, output_name
 from teachers.multitask import TASKS_FILE, MultiTaskModel
@@ -25,6 +27,8 @@ from teachers.multitask import TASKS_FILE, MultiTaskModel
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 PARITY_EXAMPLES = 256
+INT8_WARN_DROP = 0.01
+ISA_FLAG = {"vnni": "avx512_vnni", "avx512": "avx512f", "avx2": "avx2", "generic": ""}
 
 
 class _AllHeads(torch.nn.Module):
@@ -56,15 +60,71 @@ def export_onnx(model: MultiTaskModel, path: Path, opset: int) -> None:
                           opset_version=opset, dynamo=False)
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic int8 quantisation of the weights (onnxruntime), after its pre-processing pass."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool, reduce_range: bool,
+                  calibration: list[dict[str, np.ndarray]] | None = None) -> None:
+    """Int8 by onnxruntime: dynamic (weights; activations at run time) or static QDQ calibrated on `calibration`."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared = int8_path.with_name("prepared.onnx")
+    prepared = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8)
-    prepared.unlink()
+    try:
+        if mode == "dynamic":
+            quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8, per_channel=per_channel,
+                             reduce_range=reduce_range)
+            return
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.feeds = iter(calibration or [])
+
+            def get_next(self) -> dict | None:
+                return next(self.feeds, None)
+
+        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                        reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm"],
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    finally:
+        prepared.unlink(missing_ok=True)
+        for leftover in int8_path.parent.glob("*augmented*.onnx"):
+            leftover.unlink()
+
+
+def calibration_feeds(tasks: list[TaskData], per_task: int, pad_id: int) -> list[dict[str, np.ndarray]]:
+    """Padded dev batches of every task, as onnxruntime feeds, for static int8 calibration."""
+    feeds = []
+    for task in tasks:
+        dev = task.encoded["dev"]
+        split = EncodedSplit(dev.input_ids[:per_task], dev.labels[:per_task])
+        for indices in eval_batches(split, 16):
+            batch = pad_batch(task.info.name, split, indices, pad_id)
+            feeds.append({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+    return feeds
+
+
+def label_agreement(tasks: list[TaskData], split: str, a: dict[str, list[np.ndarray]],
+                    b: dict[str, list[np.ndarray]]) -> dict[str, float]:
+    """Share of predicted labels two models agree on (token tasks: the labelled first sub-tokens)."""
+    out = {}
+    for task in tasks:
+        name, encoded = task.info.name, task.encoded[split]
+        same = total = 0
+        for labels, x, y in zip(encoded.labels, a[name], b[name], strict=True):
+            if task.info.type == "sequence_classification":
+                same, total = same + int(np.argmax(x) == np.argmax(y)), total + 1
+            else:
+                keep = np.asarray(labels) != IGNORE_INDEX
+                same += int((np.argmax(x, -1)[keep] == np.argmax(y, -1)[keep]).sum())
+                total += int(keep.sum())
+        out[name] = same / max(total, 1)
+    return out
 
 
 def fp32_parity(model: MultiTaskModel, onnx: OnnxForward, tasks: list[TaskData], pad_id: int) -> float:
@@ -90,39 +150,76 @@ def library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{n: version(n) for n in names}}
 
 
+def _predictions(forward: ForwardFn, tasks: list[TaskData], split: str, pad_id: int) -> dict[str, list[np.ndarray]]:
+    return {t.info.name: predict(forward, t.info.name, t.encoded[split], pad_id) for t in tasks}
+
+
+def _scores(tasks: list[TaskData], split: str, predictions: dict[str, list[np.ndarray]]) -> dict[str, float]:
+    metrics = {t.info.name: score(t.info, t.encoded[split], predictions[t.info.name]) for t in tasks}
+    return primary_scores(tasks, metrics)
+
+
 def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec: ExportSpec, max_length: int,
                     pad_id: int) -> dict[str, Any]:
     """Export `model_dir` to an artifact directory (ONNX files, tokenizer, tasks.json, manifest.json)."""
     model = MultiTaskModel.load(model_dir)
+    cpu = hardware()
+    preset = int8_preset(cpu["isa"]) if spec.isa == "auto" else int8_preset([ISA_FLAG[spec.isa]])
+    level = spec.optimization_level
     with atomic_directory(out_dir) as tmp:
         fp32_path = tmp / MODEL_FILES["fp32"]
         export_onnx(model, fp32_path, spec.opset)
-        fp32 = OnnxForward(fp32_path)
+        fp32 = OnnxForward(fp32_path, optimization_level=level)
         parity = fp32_parity(model, fp32, tasks, pad_id)
         log.info("%s: ONNX fp32 max abs logit difference vs PyTorch %.2e", model_dir.name, parity)
         if parity > spec.parity_tolerance:
             raise DistillError(f"export of {model_dir}: ONNX fp32 differs from PyTorch by {parity:.2e} "
                                f"(> export.parity_tolerance {spec.parity_tolerance:.0e})")
-        checks: dict[str, Any] = {"fp32_max_abs_diff": parity, "parity_tolerance": spec.parity_tolerance,
-                                  "parity_examples_per_task": PARITY_EXAMPLES}
-        torch_dev = primary_scores(tasks, evaluate(torch_forward(model), tasks, "dev", pad_id, desc="torch dev"))
-        checks["dev_torch_fp32"] = torch_dev
-        if spec.int8:
-            int8_path = tmp / MODEL_FILES["int8"]
-            quantize_int8(fp32_path, int8_path)
-            int8_dev = primary_scores(tasks, evaluate(OnnxForward(int8_path), tasks, "dev", pad_id, desc="int8 dev"))
-            checks["dev_onnx_int8"] = int8_dev
-            checks["int8_metric_delta"] = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
+        torch_dev = _scores(tasks, "dev", _predictions(torch_forward(model), tasks, "dev", pad_id))
+        torch_test = _predictions(torch_forward(model), tasks, "test", pad_id)
+        fp32_test = _predictions(fp32, tasks, "test", pad_id)
+        checks: dict[str, Any] = {
+            "fp32_max_abs_diff": parity, "parity_tolerance": spec.parity_tolerance,
+            "parity_examples_per_task": PARITY_EXAMPLES, "dev_torch_fp32": torch_dev,
+            "test_label_agreement_fp32_vs_torch": label_agreement(tasks, "test", fp32_test, torch_test),
+            "int8": {},
+        }
+        for mode in spec.quantization if spec.int8 else []:
+            precision = "int8" if mode == "dynamic" else "int8-static"
+            int8_path = tmp / MODEL_FILES[precision]
+            feeds = calibration_feeds(tasks, spec.calibration_examples, pad_id) if mode == "static" else None
+            quantize_int8(fp32_path, int8_path, mode, spec.per_channel, preset["reduce_range"], feeds)
+            int8 = OnnxForward(int8_path, optimization_level=level)
+            int8_dev = _scores(tasks, "dev", _predictions(int8, tasks, "dev", pad_id))
+            delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
+            checks["int8"][mode] = {
+                "file": int8_path.name, "per_channel": spec.per_channel, "reduce_range": preset["reduce_range"],
+                "dev": int8_dev, "metric_delta": delta,
+                "test_label_agreement_vs_fp32": label_agreement(
+                    tasks, "test", _predictions(int8, tasks, "test", pad_id), fp32_test),
+            }
+            _check_int8_drop(model_dir, mode, delta, spec.max_int8_drop)
         if not spec.fp32:
             fp32_path.unlink()
         for name in (*TOKENIZER_FILES, TASKS_FILE):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
         manifest = {
-            "source_model": str(model_dir), "max_length": max_length,
-            "inputs": {"model_sha256": sha256_dir(model_dir)},
+            "source_model": str(model_dir), "max_length": max_length, "optimization_level": level,
+            "inputs": {"model_sha256": sha256_dir(model_dir), "export": spec.model_dump()},
             "files": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.onnx"))},
-            "versions": library_versions(), "checks": checks,
+            "versions": library_versions(), "cpu": {"model": cpu["cpu"], "isa": cpu["isa"], **preset},
+            "checks": checks,
         }
         atomic_write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _check_int8_drop(model_dir: Path, mode: str, delta: dict[str, float], limit: float | None) -> None:
+    worst_task = min(delta, key=delta.get)
+    drop = -delta[worst_task]
+    if limit is not None and drop > limit:
+        raise DistillError(f"export of {model_dir}: {mode} int8 loses {drop:.4f} dev {worst_task} score "
+                           f"(> export.max_int8_drop {limit})")
+    if drop > INT8_WARN_DROP:
+        log.warning("%s: %s int8 loses %.4f dev %s score against PyTorch", model_dir.name, mode, drop, worst_task)

@@ -27,7 +27,7 @@ class RunState:
 
     recipe: Recipe
     out_dir: Path
-    force: bool = False
+    force: bool | str = False
     tasks: list[TaskData] = field(default_factory=list)
     tokenizer: Any = None
     teacher_dir: Path | None = None
@@ -48,7 +48,8 @@ class RunState:
         record_path = self.out_dir / STATE_DIR / "stages" / f"{name.replace(':', '-')}.json"
         started = time.perf_counter()
         record = read_json(record_path) if record_path.is_file() else {}
-        if input_hash is not None and not self.force and record.get("input_hash") == input_hash and all(
+        forced = self.force is True or self.force == name.split(":")[0]
+        if input_hash is not None and not forced and record.get("input_hash") == input_hash and all(
                 p.exists() for p in outputs):
             status = "cached"
         else:
@@ -78,7 +79,7 @@ def _teacher_source(recipe: Recipe) -> Path | str:
     return recipe.resolve(spec.base_model)
 
 
-def prepare(recipe: Recipe, out_dir: Path, force: bool = False) -> RunState:
+def prepare(recipe: Recipe, out_dir: Path, force: bool | str = False) -> RunState:
     """Load and tokenise the data, and set up the run state."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(recipe, out_dir, force)
@@ -174,8 +175,10 @@ def stage_bench(state: RunState) -> None:
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, until: str = "bench", students: list[str] | None = None,
-               force: bool = False) -> dict:
-    """Run the stages of `recipe` up to and including `until`; returns the content of run.json."""
+               force: bool | str = False) -> dict:
+    """Run the stages of `recipe` up to and including `until`; returns the content of run.json.
+
+    `force=True` reruns every stage; a stage name (e.g. "bench") reruns only that stage."""
     if until not in STAGES:
         raise DistillInputError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
     unknown = set(students or []) - {s.name for s in recipe.students}

@@ -130,15 +130,32 @@ class DistillationSpec(Strict):
 
 
 class ExportSpec(Strict):
+    """What the exporter writes and how strictly it checks it."""
+
     fp32: bool = True
     int8: bool = True
+    quantization: list[Literal["dynamic", "static"]] = Field(
+        default=["dynamic"], description="int8 modes: dynamic (weights only) and/or static (calibrated, QDQ)")
+    per_channel: bool = False
+    calibration_examples: int = Field(default=256, gt=0, description="dev examples per task for static int8")
+    isa: Literal["auto", "avx2", "avx512", "vnni", "generic"] = "auto"
+    optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     opset: int = Field(default=17, ge=14)
     parity_tolerance: float = Field(default=1e-4, gt=0)
+    max_int8_drop: float | None = Field(default=None, ge=0, description="fail when int8 loses more dev score")
+
+    @field_validator("quantization")
+    @classmethod
+    def _modes(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("a non-empty list of distinct modes: dynamic, static")
+        return value
 
 
 class BenchSpec(Strict):
     batch_sizes: list[int] = Field(default=[1, 8])
     seq_len: int = Field(default=128, gt=0)
+    other_seq_lens: list[int] = Field(default=[], description="more sequence lengths timed at batch 1")
     repeats: int = Field(default=50, gt=0)
     warmup: int = Field(default=10, ge=0)
     threads: int | None = Field(default=None, gt=0)
@@ -185,7 +202,8 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         old = merged.get(key)
         if isinstance(old, dict) and isinstance(value, dict):
             merged[key] = deep_merge(old, value)
-        elif isinstance(old, list) and isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
+        elif isinstance(old, list) and isinstance(value, list) and all(isinstance(v, dict) and "name" in v
+                                                                       for v in value):
             by_name = {v["name"]: v for v in value}
             merged[key] = [deep_merge(item, by_name.get(item.get("name"), {})) for item in old]
         else:

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int8-static": "model.int8-static.onnx"}
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def output_name(task: str) -> str:
@@ -17,12 +18,16 @@ def output_name(task: str) -> str:
     return f"logits_{task}"
 
 
-def open_session(path: Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with full graph optimisation and a fixed thread count."""
+def open_session(path: Path, threads: int | None = None, optimization_level: str = "all") -> Any:
+    """An onnxruntime CPU session at the given graph optimisation level and a fixed thread count."""
     import onnxruntime as ort
 
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = levels[optimization_level]
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -31,8 +36,8 @@ def open_session(path: Path, threads: int | None = None) -> Any:
 class OnnxForward:
     """A forward function (task, input_ids, attention_mask) -> logits over one ONNX file."""
 
-    def __init__(self, path: Path, threads: int | None = None):
-        self.session = open_session(path, threads)
+    def __init__(self, path: Path, threads: int | None = None, optimization_level: str = "all"):
+        self.session = open_session(path, threads, optimization_level)
 
     def __call__(self, task: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
@@ -57,7 +62,11 @@ class Predictor:
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
-        self.forward = OnnxForward(directory / MODEL_FILES[precision], threads)
+        if precision not in MODEL_FILES or not (directory / MODEL_FILES[precision]).is_file():
+            have = [p for p, f in MODEL_FILES.items() if (directory / f).is_file()]
+            raise ValueError(f"{directory}: no {precision!r} model here; this artifact has {have}")
+        level = manifest.get("optimization_level", "all")
+        self.forward = OnnxForward(directory / MODEL_FILES[precision], threads, level)
         self.batch_size = batch_size
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from distill.progress import progress
 from transformers import get_linear_schedule_with_warmup
 
 from distill.batching import Batch, pad_batch, training_batches
 from distill.data import EncodedSplit
 from distill.errors import DistillError
+from distill.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -64,7 +64,8 @@ class MultiTaskModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(directory, safe_serialization=True)
-        atomic_save_safetensors(directory / HEADS_FILE, {k: v.detach().cpu() for k, v in self.heads.state_dict().items()})
+        heads = {k: v.detach().cpu() for k, v in self.heads.state_dict().items()}
+        atomic_save_safetensors(directory / HEADS_FILE, heads)
         atomic_write_json(directory / TASKS_FILE, {"tasks": [t.to_json() for t in self.tasks.values()]})
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)

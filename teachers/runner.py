@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from distill.progress import progress
 
 from distill.batching import eval_batches, pad_batch
 from distill.cache import FORMAT_VERSION, MANIFEST, cache_root, corrupt_shards, entry_size_bytes, shard_name
 from distill.data import EncodedSplit, TaskData, fingerprint
 from distill.fileio import atomic_save_safetensors, atomic_write_json, read_json, sha256_dir, sha256_file, sha256_json
+from distill.progress import progress
 from teachers.multitask import MultiTaskModel
 
 log = logging.getLogger(__name__)

@@ -27,22 +27,48 @@ def test_run_writes_run_json_and_a_valid_report(trained_run):
                                {"name": "ner", "type": "token_classification", "metric": "entity_f1"}]
     kinds = {(m["name"], m["role"], m["format"]) for m in report["models"]}
     assert kinds == {("teacher", "teacher", "torch-fp32"), ("teacher", "teacher", "onnx-fp32"),
-                     ("baseline", "baseline", "onnx-int8"), ("s2", "student", "onnx-fp32"),
-                     ("s2", "student", "onnx-int8")}
+                     ("baseline", "baseline", "onnx-int8"), ("baseline", "baseline", "onnx-int8-static"),
+                     ("s2", "student", "onnx-fp32"), ("s2", "student", "onnx-int8"),
+                     ("s2", "student", "onnx-int8-static")}
     for model in report["models"]:
-        assert REPORT_MODEL_KEYS <= set(model)
+        assert set(model) >= REPORT_MODEL_KEYS
         assert set(model["latency_ms"]) >= {"batch", "seq_len", "p50", "p90", "p99"}
         assert model["latency_ms"]["batch"] == 1 and model["latency_ms"]["seq_len"] == 16
         assert 0 < model["latency_ms"]["p50"] <= model["latency_ms"]["p99"]
         assert set(model["scores"]) == {"sentiment", "ner"}
         assert model["mean_score"] == pytest.approx(sum(model["scores"].values()) / 2)
+        assert [(x["batch"], x["seq_len"]) for x in model["latencies"]] == [(1, 16), (2, 16), (1, 8)]
+        assert model["peak_memory_mb"] >= 0 and model["flops"] > 0
     teacher = next(m for m in report["models"] if m["format"] == "torch-fp32")
     assert teacher["retention"] == 1.0
     assert teacher["scores"]["sentiment"] > 0.8, "the tiny teacher learns the toy sentiment task"
     student_int8 = next(m for m in report["models"] if m["name"] == "s2" and m["format"] == "onnx-int8")
     assert student_int8["params"] < teacher["params"]
-    assert (out / "report.md").read_text().count("| s2 |") == 2
-    assert (out / "pareto.png").stat().st_size > 1000
+    assert (out / "report.md").read_text().count("| s2 |") == 3
+    png = (out / "pareto.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+
+
+def test_html_report_is_self_contained_and_parses(trained_run):
+    from html.parser import HTMLParser
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.rows, self.images = [], 0, []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.rows += tag == "tr"
+            if tag == "img":
+                self.images.append(dict(attrs)["src"])
+
+    parser = Collect()
+    parser.feed((trained_run / "out" / "report.html").read_text())
+    report = read_json(trained_run / "out" / "report.json")
+    assert parser.rows == len(report["models"]) + 1
+    assert len(parser.images) == 1 and parser.images[0].startswith("data:image/png;base64,")
+    assert "script" not in parser.tags and "link" not in parser.tags
 
 
 def test_second_run_is_all_cached(trained_run, monkeypatch):
@@ -69,15 +95,91 @@ def test_changed_student_reruns_only_what_depends_on_it(trained_run, tmp_path, m
     assert read_json(out / "students" / "s2" / "student.json") == {"teacher_layers": [0, 3]}
 
 
-def test_manifest_records_parity_and_int8_delta(trained_run):
+def test_manifest_records_the_export_checks(trained_run):
     manifest = read_json(trained_run / "out" / "artifacts" / "s2" / "manifest.json")
     checks = manifest["checks"]
     assert checks["fp32_max_abs_diff"] <= 1e-4
-    assert set(checks["int8_metric_delta"]) == {"sentiment", "ner"}
-    assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx"}
+    assert checks["test_label_agreement_fp32_vs_torch"] == {"sentiment": 1.0, "ner": 1.0}
+    for mode in ("dynamic", "static"):
+        int8 = checks["int8"][mode]
+        assert set(int8["metric_delta"]) == {"sentiment", "ner"}
+        assert int8["metric_delta"]["sentiment"] == pytest.approx(
+            int8["dev"]["sentiment"] - checks["dev_torch_fp32"]["sentiment"])
+        assert all(0.0 <= v <= 1.0 for v in int8["test_label_agreement_vs_fp32"].values())
+    assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx", "model.int8-static.onnx"}
     assert manifest["versions"]["onnxruntime"]
+    assert manifest["cpu"]["preset"] in ("vnni", "avx512", "avx2", "generic")
+    assert isinstance(manifest["cpu"]["reduce_range"], bool)
+    assert manifest["inputs"]["model_sha256"]
     for name in ("tokenizer.json", "tasks.json", "model.onnx", "model.int8.onnx"):
         assert (trained_run / "out" / "artifacts" / "s2" / name).is_file()
+
+
+def test_int8_drop_warns_then_fails(caplog):
+    import logging
+    from pathlib import Path
+
+    from distill.errors import DistillError
+    from distill.exporter import _check_int8_drop
+
+    with caplog.at_level(logging.WARNING):
+        _check_int8_drop(Path("m"), "static", {"a": 0.01, "b": -0.005}, None)
+        assert not caplog.text
+        _check_int8_drop(Path("m"), "static", {"a": 0.01, "b": -0.03}, 0.05)
+        assert "static int8 loses 0.0300 dev b score" in caplog.text
+    with pytest.raises(DistillError, match=r"loses 0\.0300 dev b score \(> export\.max_int8_drop 0\.02\)"):
+        _check_int8_drop(Path("m"), "static", {"a": 0.01, "b": -0.03}, 0.02)
+
+
+def test_export_fails_above_the_parity_tolerance(trained_run, tmp_path):
+    from distill.data import encode_tasks, load_tasks
+    from distill.errors import DistillError
+    from distill.exporter import export_artifact
+    from distill.recipe import ExportSpec
+    from distill.tokenizer import load_tokenizer
+
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(trained_run / "out" / "teacher")
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    with pytest.raises(DistillError, match="parity_tolerance"):
+        export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks,
+                        ExportSpec(parity_tolerance=1e-12, int8=False), recipe.max_length, tokenizer.pad_token_id)
+    assert not (tmp_path / "a").exists(), "a failed export leaves no artifact behind"
+
+
+def test_compare_prints_changes(trained_run, tmp_path, capsys):
+    import json as _json
+
+    report = read_json(trained_run / "out" / "report.json")
+    for model in report["models"]:
+        model["latency_ms"]["p50"] *= 2
+    report["models"] = report["models"][1:]
+    later = tmp_path / "report.json"
+    later.write_text(_json.dumps(report))
+    assert main(["compare", str(trained_run / "out" / "report.json"), str(later)]) == 0
+    out = capsys.readouterr().out
+    assert "(+100.0%)" in out
+    assert "teacher/torch-fp32: only in A" in out
+
+
+def test_predict_cli_prints_json(trained_run, capsys):
+    artifact = trained_run / "out" / "artifacts" / "s2"
+    assert main(["predict", str(artifact), "great fun", "bob in rome", "--precision", "fp32"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 2 and set(out[0]) == {"sentiment", "ner"}
+    assert main(["predict", str(trained_run / "out"), "x"]) == 2
+
+
+def test_stage_force_reruns_only_that_stage(trained_run, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(trained_run / "cache"))
+    out = trained_run / "forced"
+    shutil.copytree(trained_run / "out", out)
+    assert main(["bench", str(trained_run / "recipe.yaml"), "--out", str(out), "--force"]) == 0
+    run = read_json(out / "run.json")
+    assert [s["status"] for s in run["stages"]] == ["cached"] * 5 + ["ran"]
 
 
 def test_gate_passes_and_fails(trained_run, capsys):
@@ -114,5 +216,7 @@ def test_cli_stage_command_stops_after_that_stage(recipe_file, tmp_path, capsys)
     assert main(["cache", str(recipe_file()), "--out", str(tmp_path / "o")]) == 0
     run = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in run["stages"]] == ["teacher", "cache"]
+    assert run["cache"]["hit"] is False and run["cache"]["shards"] == 6 and run["cache"]["bytes"] > 0
+    assert run["cache"]["examples_per_s"] > 0 and len(run["cache"]["key"]) == 64
     assert (tmp_path / "o" / "cache.json").is_file()
     assert not (tmp_path / "o" / "students").exists()

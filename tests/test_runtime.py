@@ -67,3 +67,24 @@ def test_int8_session_runs(trained_run):
     forward = OnnxForward(trained_run / "out" / "artifacts" / "s2" / "model.int8.onnx", threads=1)
     ids = np.array([[2, 10, 11, 3]])
     assert forward("ner", ids, np.ones_like(ids)).shape[:2] == (1, 4)
+
+
+def test_int8_preset_follows_the_isa():
+    from distill.hardware import int8_preset
+
+    assert int8_preset(["avx2", "avx512f", "avx512_vnni"]) == {"preset": "vnni", "reduce_range": False}
+    assert int8_preset(["avx2", "avx512f"]) == {"preset": "avx512", "reduce_range": True}
+    assert int8_preset(["avx2"]) == {"preset": "avx2", "reduce_range": True}
+    assert int8_preset([]) == {"preset": "generic", "reduce_range": False}
+
+
+def test_predictor_refuses_a_missing_precision(trained_run, tmp_path):
+    import shutil
+
+    import pytest
+
+    artifact = tmp_path / "a"
+    shutil.copytree(trained_run / "out" / "artifacts" / "s2", artifact)
+    (artifact / "model.int8.onnx").unlink()
+    with pytest.raises(ValueError, match="no 'int8' model here"):
+        Predictor(artifact, precision="int8")

@@ -43,3 +43,17 @@ def hardware(threads: int | None = None) -> dict:
         "torch": _version("torch"),
         "onnxruntime": _version("onnxruntime"),
     }
+
+
+def int8_preset(isa: list[str] | None = None) -> dict:
+    """The int8 kernel family this CPU will use, and whether weights need 7-bit range to avoid overflow.
+
+    Without VNNI, x86 u8×s8 kernels (VPMADDUBSW) can saturate, so weights are quantised to a reduced range."""
+    isa = hardware()["isa"] if isa is None else isa
+    if "avx512_vnni" in isa or "avx_vnni" in isa or "amx_int8" in isa:
+        return {"preset": "vnni", "reduce_range": False}
+    if "avx512f" in isa:
+        return {"preset": "avx512", "reduce_range": True}
+    if "avx2" in isa:
+        return {"preset": "avx2", "reduce_range": True}
+    return {"preset": "generic", "reduce_range": False}
