@@ -89,7 +89,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
 
         quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                        reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm"],
+                        reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm", "Gather"],
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     finally:
         prepared.unlink(missing_ok=True)
