@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import threading
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 
 from benchmarks.latency import bench_inputs, measure
@@ -55,33 +56,31 @@ def flops_estimate(model_dir: Path, seq_len: int) -> float:
     return float(layers * per_layer)
 
 
-class PeakMemory:
-    """Peak growth of this process's resident memory while the block runs (sampled every 5 ms)."""
+_MEMORY_PROBE = """
+import json, resource, sys
+import numpy as np
+args = json.loads(sys.argv[1])
+ids = np.ones((args["batch"], args["seq_len"]), dtype=np.int64)
+if args["format"] == "torch-fp32":
+    import torch
+    from teachers.multitask import MultiTaskModel
+    torch.set_num_threads(args["threads"])
+    with torch.inference_mode():
+        MultiTaskModel.load(args["path"])(torch.from_numpy(ids), torch.from_numpy(ids))
+else:
+    from distill.runtime import OnnxForward
+    OnnxForward(args["path"], args["threads"], args["level"]).run_all(ids, ids)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
 
-    def __init__(self) -> None:
-        self.process = psutil.Process()
-        self.peak = 0
-        self._stop = threading.Event()
 
-    def __enter__(self) -> PeakMemory:
-        self.start = self.process.memory_info().rss
-        self.peak = self.start
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.start) / 1e6
+def peak_memory_mb(entry: ModelEntry, batch: int, seq_len: int, threads: int) -> float:
+    """Peak resident memory (MB) of a fresh process that loads the model, as deployed, and runs one batch."""
+    args = {"format": entry.format, "path": str(entry.path), "threads": threads, "level": entry.optimization_level,
+            "batch": batch, "seq_len": seq_len}
+    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(args)], capture_output=True, text=True,
+                          check=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def _forward(entry: ModelEntry, threads: int) -> ForwardFn:
@@ -98,13 +97,12 @@ def measure_model(entry: ModelEntry, tasks: list[TaskData], spec: BenchSpec, thr
     first_task = tasks[0].info.name
     grid = [(batch, spec.seq_len) for batch in spec.batch_sizes]
     grid += [(1, length) for length in spec.other_seq_lens if length != spec.seq_len]
-    with PeakMemory() as memory:
-        forward = _forward(entry, threads)
-        latencies = []
-        for batch, seq_len in progress(grid, desc=f"{entry.name} latency", leave=False, unit="shape"):
-            input_ids, mask = bench_inputs(sample, batch, seq_len, pad_id)
-            timing = measure(lambda ids=input_ids, m=mask: forward(first_task, ids, m), spec.warmup, spec.repeats)
-            latencies.append({"batch": batch, "seq_len": seq_len, **timing})
+    forward = _forward(entry, threads)
+    latencies = []
+    for batch, seq_len in progress(grid, desc=f"{entry.name} latency", leave=False, unit="shape"):
+        input_ids, mask = bench_inputs(sample, batch, seq_len, pad_id)
+        timing = measure(lambda ids=input_ids, m=mask: forward(first_task, ids, m), spec.warmup, spec.repeats)
+        latencies.append({"batch": batch, "seq_len": seq_len, **timing})
     metrics = evaluate(forward, tasks, "test", pad_id, desc=f"{entry.name} test")
     scores = primary_scores(tasks, metrics)
     largest = max(latencies[: len(spec.batch_sizes)], key=lambda x: x["batch"])
@@ -112,6 +110,7 @@ def measure_model(entry: ModelEntry, tasks: list[TaskData], spec: BenchSpec, thr
         "name": entry.name, "role": entry.role, "format": entry.format, "params": entry.params,
         "size_bytes": size_bytes(entry), "latency_ms": latencies[0], "latencies": latencies,
         "throughput_per_s": largest["batch"] * 1000.0 / largest["p50"],
-        "peak_memory_mb": memory.growth_mb, "flops": flops_estimate(entry.model_dir, spec.seq_len),
+        "peak_memory_mb": peak_memory_mb(entry, largest["batch"], spec.seq_len, threads),
+        "flops": flops_estimate(entry.model_dir, spec.seq_len),
         "scores": scores, "metrics": metrics, "mean_score": mean_score(scores),
     }

@@ -57,8 +57,8 @@ def _summary(report: dict[str, Any]) -> tuple[str, str, str]:
                      f"torch {hw['torch']}, onnxruntime {hw['onnxruntime']}.")
     tasks_line = "Tasks: " + ", ".join(f"{t['name']} ({t['metric']})" for t in report["tasks"])
     latency_line = (f"Latency: batch {lat['batch']} × {lat['seq_len']} tokens. Throughput at the largest batch. "
-                    "Peak MB: resident-memory growth while loading and timing the model. Pareto: no other model "
-                    "is both better and faster.")
+                    "Peak MB: peak resident memory of a fresh process running the model at the largest batch. "
+                    "Pareto: no other model is both better and faster.")
     return hardware_line, tasks_line, latency_line
 
 

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     _recipe_args(run)
 
     demo = sub.add_parser("demo", help="run the built-in offline demo recipe")
-    demo.add_argument("--quick", action="store_true", help="subsampled data and one epoch (minutes, not an hour)")
+    demo.add_argument("--quick", action="store_true", help="subsampled data and fewer epochs (minutes, not an hour)")
     demo.add_argument("--out", required=True, type=Path, help="output directory")
     demo.add_argument("--force", action="store_true", help="rerun every stage even when its inputs are unchanged")
 

@@ -38,7 +38,7 @@ def test_run_writes_run_json_and_a_valid_report(trained_run):
         assert set(model["scores"]) == {"sentiment", "ner"}
         assert model["mean_score"] == pytest.approx(sum(model["scores"].values()) / 2)
         assert [(x["batch"], x["seq_len"]) for x in model["latencies"]] == [(1, 16), (2, 16), (1, 8)]
-        assert model["peak_memory_mb"] >= 0 and model["flops"] > 0
+        assert model["peak_memory_mb"] > 10 and model["flops"] > 0
     teacher = next(m for m in report["models"] if m["format"] == "torch-fp32")
     assert teacher["retention"] == 1.0
     assert teacher["scores"]["sentiment"] > 0.8, "the tiny teacher learns the toy sentiment task"
