@@ -57,7 +57,7 @@ def flops_estimate(model_dir: Path, seq_len: int) -> float:
 
 
 _MEMORY_PROBE = """
-import json, resource, sys
+import json, sys
 import numpy as np
 args = json.loads(sys.argv[1])
 ids = np.ones((args["batch"], args["seq_len"]), dtype=np.int64)
@@ -70,12 +70,15 @@ if args["format"] == "torch-fp32":
 else:
     from distill.runtime import OnnxForward
     OnnxForward(args["path"], args["threads"], args["level"]).run_all(ids, ids)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+print(int(status.split()[0]) / 1024)
 """
 
 
 def peak_memory_mb(entry: ModelEntry, batch: int, seq_len: int, threads: int) -> float:
-    """Peak resident memory (MB) of a fresh process that loads the model, as deployed, and runs one batch."""
+    """Peak resident memory (MB) of a fresh process that loads the model, as deployed, and runs one batch.
+
+    Read from VmHWM: getrusage's ru_maxrss would carry the parent's high-water mark over the exec."""
     args = {"format": entry.format, "path": str(entry.path), "threads": threads, "level": entry.optimization_level,
             "batch": batch, "seq_len": seq_len}
     done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(args)], capture_output=True, text=True,

@@ -97,6 +97,7 @@ def stage_teacher(state: RunState) -> None:
     source = _teacher_source(recipe)
     if recipe.teacher.path:
         state.teacher_dir = Path(source)
+        _check_teacher_tasks(state.teacher_dir, state.tasks)
         state.run_stage("teacher", None, [], lambda: True)
         return
     state.teacher_dir = state.out_dir / "teacher"
@@ -105,6 +106,22 @@ def stage_teacher(state: RunState) -> None:
     state.run_stage("teacher", sha256_json(inputs), [state.teacher_dir / "heads.safetensors"],
                     lambda: fine_tune_teacher(recipe, state.tasks, str(source), state.tokenizer, state.teacher_dir,
                                               state.out_dir / "logs" / "teacher.jsonl"))
+
+
+def _check_teacher_tasks(teacher_dir: Path, tasks: list[TaskData]) -> None:
+    """A given teacher must have a head for every task of the recipe, with the same labels in the same order."""
+    from teachers.multitask import TASKS_FILE, load_task_infos
+
+    if not (teacher_dir / TASKS_FILE).is_file():
+        raise DistillInputError(f"teacher.path: {teacher_dir} is not a distill teacher (no {TASKS_FILE})")
+    heads = {t.name: t for t in load_task_infos(teacher_dir)}
+    for task in tasks:
+        head = heads.get(task.info.name)
+        if head is None or head.type != task.info.type or head.labels != task.info.labels:
+            raise DistillInputError(
+                f"teacher.path: the teacher in {teacher_dir} has no {task.info.type} head for task "
+                f"{task.info.name!r} with labels {task.info.labels}"
+            )
 
 
 def stage_cache(state: RunState) -> None:

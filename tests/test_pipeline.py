@@ -8,6 +8,7 @@ import pytest
 
 from distill import load_recipe, run_recipe
 from distill.cli import main
+from distill.errors import DistillInputError
 from distill.fileio import read_json
 
 REPORT_MODEL_KEYS = {"name", "role", "format", "params", "size_bytes", "latency_ms", "throughput_per_s", "scores",
@@ -220,3 +221,20 @@ def test_cli_stage_command_stops_after_that_stage(recipe_file, tmp_path, capsys)
     assert run["cache"]["examples_per_s"] > 0 and len(run["cache"]["key"]) == 64
     assert (tmp_path / "o" / "cache.json").is_file()
     assert not (tmp_path / "o" / "students").exists()
+
+
+def test_given_teacher_is_used_as_is_and_checked(trained_run, tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(trained_run / "cache"))
+    recipe = yaml.safe_load((trained_run / "recipe.yaml").read_text())
+    recipe["teacher"] = {"path": str(trained_run / "out" / "teacher")}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run = run_recipe(load_recipe(path), tmp_path / "out", until="cache")
+    assert [(s["name"], s["status"]) for s in run["stages"]] == [("teacher", "cached"), ("cache", "cached")]
+    recipe["tasks"] = recipe["tasks"][:1]
+    recipe["tasks"][0]["name"] = "other"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(DistillInputError, match="no sequence_classification head for task 'other'"):
+        run_recipe(load_recipe(path), tmp_path / "out2", until="cache")
