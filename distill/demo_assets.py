@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from distill.errors import DistillError
+from distill.errors import DistillError, DistillInputError
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,6 @@ def wheel_dir(key: str) -> Path:
 def demo_model_path(name: str) -> Path:
     """Local directory of a demo base model named `demo:...`."""
     if name not in DEMO_MODELS:
-        from distill.errors import DistillInputError
-
         raise DistillInputError(f"teacher.base_model: unknown demo model {name!r}; known: {sorted(DEMO_MODELS)}")
     key, inner = DEMO_MODELS[name]
     return wheel_dir(key) / inner

@@ -13,6 +13,7 @@ import torch
 from distill.batching import eval_batches, pad_batch
 from distill.cache import FORMAT_VERSION, MANIFEST, cache_root, corrupt_shards, entry_size_bytes, shard_name
 from distill.data import EncodedSplit, TaskData, fingerprint
+from distill.errors import DistillInputError
 from distill.fileio import atomic_save_safetensors, atomic_write_json, read_json, sha256_dir, sha256_file, sha256_json
 from distill.progress import progress
 from teachers.multitask import MultiTaskModel
@@ -41,8 +42,6 @@ def normalise_layers(layers: list[int], num_layers: int) -> list[int]:
     """Hidden-state indices (0 = embeddings, num_layers = last layer); negative ones count from the end."""
     out = sorted({layer if layer >= 0 else num_layers + 1 + layer for layer in layers})
     if out and (out[0] < 0 or out[-1] > num_layers):
-        from distill.errors import DistillInputError
-
         raise DistillInputError(f"distillation.hidden_layers: {layers} is outside 0..{num_layers}")
     return out
 
