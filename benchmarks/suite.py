@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 def model_entries(teacher_dir: Path, artifacts: dict[str, Path], model_dirs: dict[str, Path]) -> list[ModelEntry]:
     """The teacher in PyTorch, then each artifact's ONNX files (the teacher's int8 files are the baseline)."""
-    entries = [ModelEntry("teacher", "teacher", "torch-fp32", teacher_dir, teacher_dir, count_params(teacher_dir))]
+    params_of = {name: count_params(path) for name, path in model_dirs.items()}
+    entries = [ModelEntry("teacher", "teacher", "torch-fp32", teacher_dir, teacher_dir, params_of["teacher"])]
     for name, directory in artifacts.items():
-        params = count_params(model_dirs[name])
+        params = params_of[name]
         level = read_json(directory / "manifest.json").get("optimization_level", "all")
         for precision, file in MODEL_FILES.items():
             if not (directory / file).is_file():

@@ -16,10 +16,9 @@ import torch
 from distill.batching import eval_batches, pad_batch
 from distill.data import IGNORE_INDEX, EncodedSplit, TaskData
 from distill.errors import DistillError
-from distill.evaluation import ForwardFn, predict, primary_scores, torch_forward
+from distill.evaluation import ForwardFn, evaluate, predict, primary_scores, torch_forward
 from distill.fileio import atomic_directory, atomic_write_json, sha256_dir, sha256_file
-from distill.hardware import hardware, int8_preset
-from distill.metrics import score
+from distill.hardware import INT8_PRESETS, hardware, int8_preset
 from distill.recipe import ExportSpec
 from distill.runtime import MODEL_FILES, OnnxForward, output_name
 from teachers.multitask import TASKS_FILE, MultiTaskModel
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 PARITY_EXAMPLES = 256
 INT8_WARN_DROP = 0.01
-ISA_FLAG = {"vnni": "avx512_vnni", "avx512": "avx512f", "avx2": "avx2", "generic": ""}
 
 
 class _AllHeads(torch.nn.Module):
@@ -154,17 +152,12 @@ def _predictions(forward: ForwardFn, tasks: list[TaskData], split: str, pad_id: 
     return {t.info.name: predict(forward, t.info.name, t.encoded[split], pad_id) for t in tasks}
 
 
-def _scores(tasks: list[TaskData], split: str, predictions: dict[str, list[np.ndarray]]) -> dict[str, float]:
-    metrics = {t.info.name: score(t.info, t.encoded[split], predictions[t.info.name]) for t in tasks}
-    return primary_scores(tasks, metrics)
-
-
 def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec: ExportSpec, max_length: int,
                     pad_id: int) -> dict[str, Any]:
     """Export `model_dir` to an artifact directory (ONNX files, tokenizer, tasks.json, manifest.json)."""
     model = MultiTaskModel.load(model_dir)
     cpu = hardware()
-    preset = int8_preset(cpu["isa"]) if spec.isa == "auto" else int8_preset([ISA_FLAG[spec.isa]])
+    preset = int8_preset(cpu["isa"]) if spec.isa == "auto" else INT8_PRESETS[spec.isa]
     level = spec.optimization_level
     with atomic_directory(out_dir) as tmp:
         fp32_path = tmp / MODEL_FILES["fp32"]
@@ -175,7 +168,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         if parity > spec.parity_tolerance:
             raise DistillError(f"export of {model_dir}: ONNX fp32 differs from PyTorch by {parity:.2e} "
                                f"(> export.parity_tolerance {spec.parity_tolerance:.0e})")
-        torch_dev = _scores(tasks, "dev", _predictions(torch_forward(model), tasks, "dev", pad_id))
+        torch_dev = primary_scores(tasks, evaluate(torch_forward(model), tasks, "dev", pad_id, desc="torch dev"))
         torch_test = _predictions(torch_forward(model), tasks, "test", pad_id)
         fp32_test = _predictions(fp32, tasks, "test", pad_id)
         checks: dict[str, Any] = {
@@ -190,7 +183,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             feeds = calibration_feeds(tasks, spec.calibration_examples, pad_id) if mode == "static" else None
             quantize_int8(fp32_path, int8_path, mode, spec.per_channel, preset["reduce_range"], feeds)
             int8 = OnnxForward(int8_path, optimization_level=level)
-            int8_dev = _scores(tasks, "dev", _predictions(int8, tasks, "dev", pad_id))
+            int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev"))
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
             checks["int8"][mode] = {
                 "file": int8_path.name, "per_channel": spec.per_channel, "reduce_range": preset["reduce_range"],

@@ -45,15 +45,21 @@ def hardware(threads: int | None = None) -> dict:
     }
 
 
-def int8_preset(isa: list[str] | None = None) -> dict:
-    """The int8 kernel family this CPU will use, and whether weights need 7-bit range to avoid overflow.
+# Without VNNI, x86 u8×s8 kernels (VPMADDUBSW) can saturate, so weights are quantised to a reduced range.
+INT8_PRESETS = {
+    "vnni": {"preset": "vnni", "reduce_range": False},
+    "avx512": {"preset": "avx512", "reduce_range": True},
+    "avx2": {"preset": "avx2", "reduce_range": True},
+    "generic": {"preset": "generic", "reduce_range": False},
+}
 
-    Without VNNI, x86 u8×s8 kernels (VPMADDUBSW) can saturate, so weights are quantised to a reduced range."""
-    isa = hardware()["isa"] if isa is None else isa
+
+def int8_preset(isa: list[str]) -> dict:
+    """The int8 kernel family a CPU with these ISA flags will use, and whether weights need a 7-bit range."""
     if "avx512_vnni" in isa or "avx_vnni" in isa or "amx_int8" in isa:
-        return {"preset": "vnni", "reduce_range": False}
+        return dict(INT8_PRESETS["vnni"])
     if "avx512f" in isa:
-        return {"preset": "avx512", "reduce_range": True}
+        return dict(INT8_PRESETS["avx512"])
     if "avx2" in isa:
-        return {"preset": "avx2", "reduce_range": True}
-    return {"preset": "generic", "reduce_range": False}
+        return dict(INT8_PRESETS["avx2"])
+    return dict(INT8_PRESETS["generic"])
