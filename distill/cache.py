@@ -10,9 +10,9 @@ from the last complete shard. Reads are memory-mapped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -41,6 +41,17 @@ class TeacherTargets:
 
     logits: torch.Tensor
     hidden: dict[int, torch.Tensor]
+    # hidden-state layer number (1 = first transformer layer) -> [query, key, value], each [B, width, H]
+    qkv: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+
+class TeacherSource(Protocol):
+    """Where a student's teacher outputs come from: the cache (`TeacherCache`) or a live teacher."""
+
+    hidden_layers: list[int]
+
+    def targets(self, task: str, split: str, indices: np.ndarray, width: int, token_level: bool,
+                layers: list[int]) -> TeacherTargets: ...
 
 
 class TeacherCache:
