@@ -11,20 +11,21 @@ from typing import Any
 
 import torch
 
-from benchmarks.latency import bench_inputs, measure
+from benchmarks.latency import bench_inputs, interleaved
 from distill.data import TaskData
 from distill.evaluation import ForwardFn, evaluate, primary_scores, torch_forward
 from distill.fileio import read_json
 from distill.metrics import mean_score
 from distill.progress import progress
 from distill.recipe import BenchSpec
-from distill.runtime import OnnxForward
+from distill.runtime import OnnxForward, model_files
 from teachers.multitask import MultiTaskModel
 
 
 @dataclass
 class ModelEntry:
-    """A model to measure: a PyTorch model directory or one ONNX file, and the model directory it came from."""
+    """A model to measure: a PyTorch model directory (format torch-fp32) or an artifact directory and the
+    precision to run (format onnx-<precision>), and the model directory it came from."""
 
     name: str
     role: str
@@ -40,11 +41,20 @@ def count_params(model_dir: Path) -> int:
     return sum(p.numel() for p in MultiTaskModel.load(model_dir).parameters())
 
 
+def onnx_files(entry: ModelEntry) -> Path | dict[str, Path]:
+    """The ONNX file (or per-task files) of an onnx-<precision> entry."""
+    files = model_files(entry.path, entry.format.removeprefix("onnx-"))
+    if files is None:
+        raise FileNotFoundError(f"{entry.path}: no {entry.format} model")
+    return files
+
+
 def size_bytes(entry: ModelEntry) -> int:
-    """Bytes on disk: the ONNX file, or the safetensors weights of a PyTorch model directory."""
-    if entry.path.is_file():
-        return entry.path.stat().st_size
-    return sum(p.stat().st_size for p in entry.path.glob("*.safetensors"))
+    """Bytes on disk: the ONNX file(s), or the safetensors weights of a PyTorch model directory."""
+    if entry.format == "torch-fp32":
+        return sum(p.stat().st_size for p in entry.path.glob("*.safetensors"))
+    files = onnx_files(entry)
+    return sum(p.stat().st_size for p in (files.values() if isinstance(files, dict) else [files]))
 
 
 def flops_estimate(model_dir: Path, seq_len: int) -> float:
@@ -68,8 +78,9 @@ if args["format"] == "torch-fp32":
     with torch.inference_mode():
         MultiTaskModel.load(args["path"])(torch.from_numpy(ids), torch.from_numpy(ids))
 else:
-    from distill.runtime import OnnxForward
-    OnnxForward(args["path"], args["threads"], args["level"]).run_all(ids, ids)
+    from distill.runtime import OnnxForward, model_files, model_files
+    OnnxForward(model_files(args["path"], args["format"].removeprefix("onnx-")), args["threads"],
+                args["level"]).run_all(ids, ids)
 status = open("/proc/self/status").read().split("VmHWM:")[1]
 print(int(status.split()[0]) / 1024)
 """
@@ -86,26 +97,37 @@ def peak_memory_mb(entry: ModelEntry, batch: int, seq_len: int, threads: int) ->
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def _forward(entry: ModelEntry, threads: int) -> ForwardFn:
+def latency_grid(spec: BenchSpec) -> list[tuple[int, int]]:
+    """(batch, sequence length) shapes to time: every batch size at seq_len, then batch 1 at other lengths."""
+    grid = [(batch, spec.seq_len) for batch in spec.batch_sizes]
+    return grid + [(1, length) for length in spec.other_seq_lens if length != spec.seq_len]
+
+
+def measure_latencies(forwards: list[ForwardFn], tasks: list[TaskData], spec: BenchSpec,
+                      pad_id: int) -> list[list[dict[str, Any]]]:
+    """For each model, its latency at every grid shape; models are timed in turn (see `interleaved`)."""
+    sample = [ids for t in tasks for ids in t.encoded["test"].input_ids[:64]]
+    first_task = tasks[0].info.name
+    per_model: list[list[dict[str, Any]]] = [[] for _ in forwards]
+    for batch, seq_len in progress(latency_grid(spec), desc="latency", unit="shape"):
+        input_ids, mask = bench_inputs(sample, batch, seq_len, pad_id)
+        runs = [lambda f=f: f(first_task, input_ids, mask) for f in forwards]
+        for k, timing in enumerate(interleaved(runs, spec.warmup, spec.repeats, spec.rounds)):
+            per_model[k].append({"batch": batch, "seq_len": seq_len, **timing})
+    return per_model
+
+
+def model_forward(entry: ModelEntry, threads: int) -> ForwardFn:
+    """The entry loaded as deployed: PyTorch, or onnxruntime at the artifact's optimisation level."""
     if entry.format == "torch-fp32":
         torch.set_num_threads(threads)
         return torch_forward(MultiTaskModel.load(entry.path))
-    return OnnxForward(entry.path, threads, entry.optimization_level)
+    return OnnxForward(onnx_files(entry), threads, entry.optimization_level)
 
 
-def measure_model(entry: ModelEntry, tasks: list[TaskData], spec: BenchSpec, threads: int,
-                  pad_id: int) -> dict[str, Any]:
-    """One `models` item of report.json (without retention)."""
-    sample = [ids for t in tasks for ids in t.encoded["test"].input_ids[:64]]
-    first_task = tasks[0].info.name
-    grid = [(batch, spec.seq_len) for batch in spec.batch_sizes]
-    grid += [(1, length) for length in spec.other_seq_lens if length != spec.seq_len]
-    forward = _forward(entry, threads)
-    latencies = []
-    for batch, seq_len in progress(grid, desc=f"{entry.name} latency", leave=False, unit="shape"):
-        input_ids, mask = bench_inputs(sample, batch, seq_len, pad_id)
-        timing = measure(lambda ids=input_ids, m=mask: forward(first_task, ids, m), spec.warmup, spec.repeats)
-        latencies.append({"batch": batch, "seq_len": seq_len, **timing})
+def measure_model(entry: ModelEntry, forward: ForwardFn, latencies: list[dict[str, Any]], tasks: list[TaskData],
+                  spec: BenchSpec, threads: int, pad_id: int) -> dict[str, Any]:
+    """One `models` item of report.json (without retention), given the model's latency grid."""
     metrics = evaluate(forward, tasks, "test", pad_id, desc=f"{entry.name} test")
     scores = primary_scores(tasks, metrics)
     largest = max(latencies[: len(spec.batch_sizes)], key=lambda x: x["batch"])

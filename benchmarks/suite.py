@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from benchmarks.measure import ModelEntry, count_params, measure_model
+from benchmarks.measure import ModelEntry, count_params, measure_latencies, measure_model, model_forward
 from benchmarks.report import add_retention, write_reports
 from distill.data import TaskData
 from distill.fileio import read_json
 from distill.hardware import hardware
 from distill.recipe import BenchSpec
-from distill.runtime import MODEL_FILES
+from distill.runtime import MODEL_FILES, model_files
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,14 @@ def model_entries(teacher_dir: Path, artifacts: dict[str, Path], model_dirs: dic
     for name, directory in artifacts.items():
         params = params_of[name]
         level = read_json(directory / "manifest.json").get("optimization_level", "all")
-        for precision, file in MODEL_FILES.items():
-            if not (directory / file).is_file():
+        for precision in MODEL_FILES:
+            if model_files(directory, precision) is None:
                 continue
             role = "student"
             if name == "teacher":
                 role = "teacher" if precision == "fp32" else "baseline"
             entry_name = "baseline" if role == "baseline" else name
-            entries.append(ModelEntry(entry_name, role, f"onnx-{precision}", directory / file, model_dirs[name],
+            entries.append(ModelEntry(entry_name, role, f"onnx-{precision}", directory, model_dirs[name],
                                       params, level))
     return entries
 
@@ -39,10 +39,13 @@ def run_benchmarks(tasks: list[TaskData], entries: list[ModelEntry], spec: Bench
                    out_dir: Path) -> dict:
     """Measure every entry on the test split and write report.json, report.md and the Pareto plot."""
     threads = spec.threads or hardware()["cores"] or 1
+    forwards = [model_forward(entry, threads) for entry in entries]
+    log.info("bench: timing %d models in %d interleaved rounds", len(entries), spec.rounds)
+    latencies = measure_latencies(forwards, tasks, spec, pad_id)
     models = []
-    for entry in entries:
+    for entry, forward, grid in zip(entries, forwards, latencies, strict=True):
         log.info("bench: %s (%s)", entry.name, entry.format)
-        models.append(measure_model(entry, tasks, spec, threads, pad_id))
+        models.append(measure_model(entry, forward, grid, tasks, spec, threads, pad_id))
     add_retention(models)
     report = {
         "hardware": hardware(threads),

@@ -20,7 +20,7 @@ from distill.evaluation import ForwardFn, evaluate, predict, primary_scores, tor
 from distill.fileio import atomic_directory, atomic_write_json, sha256_dir, sha256_file
 from distill.hardware import INT8_PRESETS, hardware, int8_preset
 from distill.recipe import ExportSpec
-from distill.runtime import MODEL_FILES, OnnxForward, output_name
+from distill.runtime import MODEL_FILES, OnnxForward, output_name, task_file
 from teachers.multitask import TASKS_FILE, MultiTaskModel
 
 log = logging.getLogger(__name__)
@@ -29,31 +29,33 @@ PARITY_EXAMPLES = 256
 INT8_WARN_DROP = 0.01
 
 
-class _AllHeads(torch.nn.Module):
-    """The model as ONNX sees it: (input_ids, attention_mask) -> one logits tensor per task."""
+class _Heads(torch.nn.Module):
+    """The model as ONNX sees it: (input_ids, attention_mask) -> one logits tensor per task (or for one task)."""
 
-    def __init__(self, model: MultiTaskModel):
+    def __init__(self, model: MultiTaskModel, task: str | None = None):
         super().__init__()
         self.model = model
+        self.task = task
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model(input_ids, attention_mask).logits.values())
+        return tuple(self.model(input_ids, attention_mask, task=self.task).logits.values())
 
 
-def export_onnx(model: MultiTaskModel, path: Path, opset: int) -> None:
-    """Write one ONNX graph with every task head as a named output and dynamic batch/sequence axes."""
-    names = [output_name(t) for t in model.heads]
+def export_onnx(model: MultiTaskModel, path: Path, opset: int, task: str | None = None) -> None:
+    """Write an ONNX graph with every task head (or only `task`'s) as a named output, dynamic batch/sequence axes."""
+    tasks = [task] if task else list(model.heads)
+    names = [output_name(t) for t in tasks]
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
                                        "attention_mask": {0: "batch", 1: "sequence"}}
-    for task, name in zip(model.heads, names, strict=True):
-        token_level = model.tasks[task].type == "token_classification"
+    for head, name in zip(tasks, names, strict=True):
+        token_level = model.tasks[head].type == "token_classification"
         axes[name] = {0: "batch", 1: "sequence"} if token_level else {0: "batch"}
     sample = torch.ones((2, 16), dtype=torch.long)
     mask = torch.ones_like(sample)
     mask[1, 8:] = 0  # a padded row, so tracing keeps the attention-mask path of the graph
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_AllHeads(model).eval(), (sample, mask), str(path),
+        torch.onnx.export(_Heads(model, task).eval(), (sample, mask), str(path),
                           input_names=["input_ids", "attention_mask"], output_names=names, dynamic_axes=axes,
                           opset_version=opset, dynamo=False)
 
@@ -160,8 +162,9 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
     preset = int8_preset(cpu["isa"]) if spec.isa == "auto" else INT8_PRESETS[spec.isa]
     level = spec.optimization_level
     with atomic_directory(out_dir) as tmp:
-        fp32_path = tmp / MODEL_FILES["fp32"]
-        export_onnx(model, fp32_path, spec.opset)
+        fp32_path = _graph_files(tmp, "fp32", model, spec.graphs)
+        for task, path in _by_task(fp32_path):
+            export_onnx(model, path, spec.opset, task)
         fp32 = OnnxForward(fp32_path, optimization_level=level)
         parity = fp32_parity(model, fp32, tasks, pad_id)
         log.info("%s: ONNX fp32 max abs logit difference vs PyTorch %.2e", model_dir.name, parity)
@@ -179,26 +182,29 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         }
         for mode in spec.quantization if spec.int8 else []:
             precision = "int8" if mode == "dynamic" else "int8-static"
-            int8_path = tmp / MODEL_FILES[precision]
+            int8_path = _graph_files(tmp, precision, model, spec.graphs)
             feeds = calibration_feeds(tasks, spec.calibration_examples, pad_id) if mode == "static" else None
-            quantize_int8(fp32_path, int8_path, mode, spec.per_channel, preset["reduce_range"], feeds)
+            for (_, source), (_, target) in zip(_by_task(fp32_path), _by_task(int8_path), strict=True):
+                quantize_int8(source, target, mode, spec.per_channel, preset["reduce_range"], feeds)
             int8 = OnnxForward(int8_path, optimization_level=level)
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev"))
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
             checks["int8"][mode] = {
-                "file": int8_path.name, "per_channel": spec.per_channel, "reduce_range": preset["reduce_range"],
+                "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel, "reduce_range": preset["reduce_range"],
                 "dev": int8_dev, "metric_delta": delta,
                 "test_label_agreement_vs_fp32": label_agreement(
                     tasks, "test", _predictions(int8, tasks, "test", pad_id), fp32_test),
             }
             _check_int8_drop(model_dir, mode, delta, spec.max_int8_drop)
         if not spec.fp32:
-            fp32_path.unlink()
+            for _, path in _by_task(fp32_path):
+                path.unlink()
         for name in (*TOKENIZER_FILES, TASKS_FILE):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
         manifest = {
             "source_model": str(model_dir), "max_length": max_length, "optimization_level": level,
+            "graphs": spec.graphs,
             "inputs": {"model_sha256": sha256_dir(model_dir), "export": spec.model_dump()},
             "files": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.onnx"))},
             "versions": library_versions(), "cpu": {"model": cpu["cpu"], "isa": cpu["isa"], **preset},
@@ -206,6 +212,16 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         }
         atomic_write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _graph_files(directory: Path, precision: str, model: MultiTaskModel, graphs: str) -> Path | dict[str, Path]:
+    if graphs == "per_task":
+        return {task: directory / task_file(precision, task) for task in model.heads}
+    return directory / MODEL_FILES[precision]
+
+
+def _by_task(files: Path | dict[str, Path]) -> list[tuple[str | None, Path]]:
+    return list(files.items()) if isinstance(files, dict) else [(None, files)]
 
 
 def _check_int8_drop(model_dir: Path, mode: str, delta: dict[str, float], limit: float | None) -> None:

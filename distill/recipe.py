@@ -134,6 +134,8 @@ class ExportSpec(Strict):
 
     fp32: bool = True
     int8: bool = True
+    graphs: Literal["combined", "per_task"] = Field(
+        default="combined", description="one graph with every task's logits as a named output, or one graph per task")
     quantization: list[Literal["dynamic", "static"]] = Field(
         default=["dynamic"], description="int8 modes: dynamic (weights only) and/or static (calibrated, QDQ)")
     per_channel: bool = False
@@ -156,7 +158,9 @@ class BenchSpec(Strict):
     batch_sizes: list[int] = Field(default=[1, 8])
     seq_len: int = Field(default=128, gt=0)
     other_seq_lens: list[int] = Field(default=[], description="more sequence lengths timed at batch 1")
-    repeats: int = Field(default=50, gt=0)
+    repeats: int = Field(default=50, gt=0, description="timed calls per model and input shape")
+    rounds: int = Field(default=5, gt=0, description="the timed calls are spread over this many rounds, "
+                        "models taking turns, so a slow spell of a shared machine hits all models alike")
     warmup: int = Field(default=10, ge=0)
     threads: int | None = Field(default=None, gt=0)
 

@@ -18,6 +18,23 @@ def output_name(task: str) -> str:
     return f"logits_{task}"
 
 
+def task_file(precision: str, task: str) -> str:
+    """The file of one task's graph in a per-task artifact: model.<task>.onnx, model.<task>.int8.onnx, ..."""
+    return MODEL_FILES[precision].replace("model.", f"model.{task}.", 1)
+
+
+def model_files(directory: Path, precision: str) -> dict[str, Path] | Path | None:
+    """An artifact's ONNX file of one precision (one graph), or {task: file} (one graph per task), or None."""
+    directory = Path(directory)
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    if manifest.get("graphs", "combined") == "per_task":
+        tasks = [t["name"] for t in json.loads((directory / "tasks.json").read_text(encoding="utf-8"))["tasks"]]
+        files = {task: directory / task_file(precision, task) for task in tasks}
+        return files if all(f.is_file() for f in files.values()) else None
+    file = directory / MODEL_FILES[precision]
+    return file if file.is_file() else None
+
+
 def open_session(path: Path, threads: int | None = None, optimization_level: str = "all") -> Any:
     """An onnxruntime CPU session at the given graph optimisation level and a fixed thread count."""
     import onnxruntime as ort
@@ -34,39 +51,58 @@ def open_session(path: Path, threads: int | None = None, optimization_level: str
 
 
 class OnnxForward:
-    """A forward function (task, input_ids, attention_mask) -> logits over one ONNX file."""
+    """A forward function (task, input_ids, attention_mask) -> logits over one ONNX file (every task's output),
+    or over {task: file}, one graph per task."""
 
-    def __init__(self, path: Path, threads: int | None = None, optimization_level: str = "all"):
-        self.session = open_session(path, threads, optimization_level)
+    def __init__(self, path: Path | dict[str, Path], threads: int | None = None, optimization_level: str = "all"):
+        if isinstance(path, dict):
+            self.sessions = {task: open_session(p, threads, optimization_level) for task, p in path.items()}
+            self.session = None
+            self.output_tasks = list(self.sessions)
+        else:
+            self.session = open_session(path, threads, optimization_level)
+            self.output_tasks = [o.name.removeprefix("logits_") for o in self.session.get_outputs()]
 
     def __call__(self, task: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
-        return self.session.run([output_name(task)], feeds)[0]
+        session = self.session or self.sessions[task]
+        return session.run([output_name(task)], feeds)[0]
 
     def run_all(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+        """Every task's logits, in the artifact's task order."""
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
-        return self.session.run(None, feeds)
+        if self.session is not None:
+            return self.session.run(None, feeds)
+        return [session.run(None, feeds)[0] for session in self.sessions.values()]
 
 
 class Predictor:
     """Per-task predictions for raw texts from an artifact directory (label + score, or entity spans)."""
 
     def __init__(self, artifact_dir: str | Path, precision: str = "int8", threads: int | None = None,
-                 batch_size: int = 16):
+                 batch_size: int = 16, tasks: list[str] | None = None):
         from tokenizers import Tokenizer
 
         directory = Path(artifact_dir)
         self.tasks = json.loads((directory / "tasks.json").read_text(encoding="utf-8"))["tasks"]
+        if tasks is not None:
+            unknown = sorted(set(tasks) - {t["name"] for t in self.tasks})
+            if unknown:
+                raise ValueError(f"{directory}: no task(s) {unknown}; it has {[t['name'] for t in self.tasks]}")
+            self.tasks = [t for t in self.tasks if t["name"] in tasks]
         manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
         self.max_length = int(manifest["max_length"])
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
-        if precision not in MODEL_FILES or not (directory / MODEL_FILES[precision]).is_file():
-            have = [p for p, f in MODEL_FILES.items() if (directory / f).is_file()]
+        files = model_files(directory, precision) if precision in MODEL_FILES else None
+        if files is None:
+            have = [p for p in MODEL_FILES if model_files(directory, p) is not None]
             raise ValueError(f"{directory}: no {precision!r} model here; this artifact has {have}")
+        if isinstance(files, dict):
+            files = {t["name"]: files[t["name"]] for t in self.tasks}
         level = manifest.get("optimization_level", "all")
-        self.forward = OnnxForward(directory / MODEL_FILES[precision], threads, level)
+        self.forward = OnnxForward(files, threads, level)
         self.batch_size = batch_size
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
@@ -81,7 +117,7 @@ class Predictor:
             for row, enc in enumerate(encodings):
                 ids[row, : len(enc.ids)] = enc.ids
                 mask[row, : len(enc.ids)] = 1
-            outputs = dict(zip([t["name"] for t in self.tasks], self.forward.run_all(ids, mask), strict=True))
+            outputs = dict(zip(self.forward.output_tasks, self.forward.run_all(ids, mask), strict=True))
             for row, (text, enc) in enumerate(zip(chunk, encodings, strict=True)):
                 item: dict[str, Any] = {}
                 for task in self.tasks:

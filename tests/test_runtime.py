@@ -88,3 +88,31 @@ def test_predictor_refuses_a_missing_precision(trained_run, tmp_path):
     (artifact / "model.int8.onnx").unlink()
     with pytest.raises(ValueError, match="no 'int8' model here"):
         Predictor(artifact, precision="int8")
+
+
+def test_per_task_graphs_give_the_combined_graphs_predictions(trained_run, tmp_path, tiny_base):
+    from distill.data import encode_tasks, load_tasks
+    from distill.exporter import export_artifact
+    from distill.recipe import ExportSpec
+    from distill.runtime import model_files
+
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(tiny_base)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    out = tmp_path / "per-task"
+    spec = ExportSpec(graphs="per_task", quantization=["dynamic"])
+    manifest = export_artifact(trained_run / "out" / "students" / "s2", out, tasks, spec, recipe.max_length,
+                               tokenizer.pad_token_id)
+    assert manifest["graphs"] == "per_task"
+    assert set(manifest["files"]) == {"model.sentiment.onnx", "model.ner.onnx", "model.sentiment.int8.onnx",
+                                      "model.ner.int8.onnx"}
+    assert manifest["checks"]["fp32_max_abs_diff"] <= 1e-4
+    assert set(model_files(out, "int8")) == {"sentiment", "ner"}
+    texts = ["the film was great fun", "bob and carol went to rome"]
+    combined = Predictor(trained_run / "out" / "artifacts" / "s2", precision="fp32").predict(texts)
+    per_task = Predictor(out, precision="fp32").predict(texts)
+    assert [p["sentiment"]["label"] for p in per_task] == [p["sentiment"]["label"] for p in combined]
+    assert [p["ner"] for p in per_task] == [p["ner"] for p in combined]
+    only_ner = Predictor(out, precision="int8", tasks=["ner"]).predict(texts)
+    assert set(only_ner[0]) == {"ner"}
