@@ -111,7 +111,7 @@ def measure_latencies(forwards: list[ForwardFn], tasks: list[TaskData], spec: Be
     per_model: list[list[dict[str, Any]]] = [[] for _ in forwards]
     for batch, seq_len in progress(latency_grid(spec), desc="latency", unit="shape"):
         input_ids, mask = bench_inputs(sample, batch, seq_len, pad_id)
-        runs = [lambda f=f: f(first_task, input_ids, mask) for f in forwards]
+        runs = [lambda f=f, ids=input_ids, m=mask: f(first_task, ids, m) for f in forwards]
         for k, timing in enumerate(interleaved(runs, spec.warmup, spec.repeats, spec.rounds)):
             per_model[k].append({"batch": batch, "seq_len": seq_len, **timing})
     return per_model

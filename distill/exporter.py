@@ -190,7 +190,8 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev"))
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
             checks["int8"][mode] = {
-                "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel, "reduce_range": preset["reduce_range"],
+                "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel,
+                "reduce_range": preset["reduce_range"],
                 "dev": int8_dev, "metric_delta": delta,
                 "test_label_agreement_vs_fp32": label_agreement(
                     tasks, "test", _predictions(int8, tasks, "test", pad_id), fp32_test),
