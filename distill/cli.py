@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="+", help="texts to label")
     predict.add_argument("--precision", default="int8", choices=["fp32", "int8", "int8-static"])
     predict.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    predict.add_argument("--task", action="append", dest="tasks", metavar="NAME",
+                         help="only this task (repeatable; default: every task of the artifact)")
 
     compare = sub.add_parser("compare", help="print what changed between two reports")
     compare.add_argument("a", type=Path, help="the earlier report.json")
@@ -71,7 +73,7 @@ def _main(args: argparse.Namespace) -> int:
         if not (args.artifact / "manifest.json").is_file():
             raise DistillInputError(f"{args.artifact}: not an artifact directory (no manifest.json)")
         try:
-            predictor = Predictor(args.artifact, precision=args.precision, threads=args.threads)
+            predictor = Predictor(args.artifact, precision=args.precision, threads=args.threads, tasks=args.tasks)
         except ValueError as exc:
             raise DistillInputError(str(exc)) from exc
         print(json.dumps(predictor.predict(args.texts), indent=2, ensure_ascii=False))

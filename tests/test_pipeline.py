@@ -169,6 +169,9 @@ def test_predict_cli_prints_json(trained_run, capsys):
     assert main(["predict", str(artifact), "great fun", "bob in rome", "--precision", "fp32"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 2 and set(out[0]) == {"sentiment", "ner"}
+    assert main(["predict", str(artifact), "great fun", "--task", "ner"]) == 0
+    assert set(json.loads(capsys.readouterr().out)[0]) == {"ner"}
+    assert main(["predict", str(artifact), "x", "--task", "nope"]) == 2
     assert main(["predict", str(trained_run / "out"), "x"]) == 2
 
 
