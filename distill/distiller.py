@@ -87,9 +87,9 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
             objective = StageObjective(stage.losses, config.temperature, pairs, projections, heads, source,
                                        encoder_layers(student.encoder),
                                        {t.name: t.weight for t in recipe.tasks},
-                                       {t.info.name: t.info.type == "token_classification" for t in tasks})
+                                       {t.info.name: t.info.type == "token_classification" for t in tasks},
+                                       _total_steps(train, stage.epochs, config.batch_size, recipe.seed))
             _check_source_layers(source, objective.teacher_hidden)
-            objective.total_steps = _total_steps(train, stage.epochs, config.batch_size, recipe.seed)
             _write_log(log_path, {"stage": stage.name, "stage_epochs": stage.epochs, "losses": stage.losses.active()})
 
             def evaluate_fn(model: torch.nn.Module, stage: StageSpec = stage,
@@ -125,7 +125,8 @@ class StageObjective:
 
     def __init__(self, weights: LossWeights, temperature: float | TemperatureSchedule, pairs: list[tuple[int, int]],
                  projections: HiddenProjections, heads: Heads, source: TeacherSource,
-                 student_layers: torch.nn.ModuleList, task_weights: dict[str, float], token_level: dict[str, bool]):
+                 student_layers: torch.nn.ModuleList, task_weights: dict[str, float], token_level: dict[str, bool],
+                 total_steps: int):
         self.weights = weights.active()
         self.temperature = temperature
         self.hidden_pairs = pairs if weights.needs_hidden else []
@@ -136,7 +137,7 @@ class StageObjective:
         self.projections, self.heads, self.source = projections, heads, source
         self.student_layers = student_layers
         self.task_weights, self.token_level = task_weights, token_level
-        self.total_steps = 1
+        self.total_steps = total_steps
         self.step = 0
         self._sums: dict[str, float] = defaultdict(float)
         self._batches = 0
