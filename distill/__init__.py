@@ -21,6 +21,8 @@ _EXPORTS = {
     "build_cache": "teachers.runner",
     "TeacherCache": "distill.cache",
     "train_student": "distill.distiller",
+    "distil": "distill.distiller",
+    "OnlineTeacher": "distill.online_teacher",
     "export_artifact": "distill.exporter",
     "run_benchmarks": "benchmarks.suite",
     "check_gate": "distill.gate",

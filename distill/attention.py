@@ -63,3 +63,12 @@ def split_heads(states: torch.Tensor, heads: int) -> torch.Tensor:
     if width % heads:
         raise DistillInputError(f"width {width} does not split into {heads} heads")
     return states.view(batch, length, heads, width // heads).transpose(1, 2)
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's transformer layers: the first module list with one entry per hidden layer."""
+    count = int(encoder.config.num_hidden_layers)
+    for module in encoder.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise DistillInputError(f"cannot find the {count} transformer layers of a {type(encoder).__name__}")

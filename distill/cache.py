@@ -51,7 +51,7 @@ class TeacherSource(Protocol):
     hidden_layers: list[int]
 
     def targets(self, task: str, split: str, indices: np.ndarray, width: int, token_level: bool,
-                layers: list[int]) -> TeacherTargets: ...
+                layers: list[int], qkv_layers: list[int] = ()) -> TeacherTargets: ...
 
 
 class TeacherCache:

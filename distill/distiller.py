@@ -1,75 +1,242 @@
-"""The distiller: trains a student against gold labels and the cached teacher outputs."""
+"""The distiller: trains a student against gold labels and the teacher's outputs, stage by stage.
+
+The teacher's outputs come from a `TeacherSource` (the cache, or the teacher run online); the loss is the
+recipe's weighted sum (`distillation.losses`, or per stage). Only the last stage keeps its best dev epoch:
+earlier stages (e.g. TinyBERT's intermediate-layer stage) just run their epochs and hand their weights on.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from transformers import PretrainedConfig
 
-from distill.batching import Batch
-from distill.cache import TeacherCache
+from distill.attention import capture_qkv, encoder_layers
+from distill.batching import Batch, training_batches
+from distill.cache import TeacherSource, TeacherTargets
 from distill.data import TaskData
+from distill.errors import DistillInputError
 from distill.evaluation import evaluate, primary_scores, torch_forward
 from distill.fileio import atomic_directory
-from distill.losses import cross_entropy, hidden_mse, kd_kl
+from distill.layer_map import layer_pairs
+from distill.losses import attention_transfer, cross_entropy, hidden_cosine, hidden_mse, kd_kl, kd_mse, relation_kl
 from distill.metrics import mean_score
-from distill.recipe import Recipe, StudentSpec
+from distill.projections import HiddenProjections, attached
+from distill.recipe import LossWeights, Recipe, StageSpec, StudentSpec, TemperatureSchedule
 from distill.training import TrainSettings, TrainSummary, seed_everything, train_loop
 from students.layers import keep_layers, pick_layers, save_layer_map
 from teachers.multitask import MultiTaskModel
 
 log = logging.getLogger(__name__)
+LOGIT_LOSSES = ("hard", "kd_kl", "kd_mse")
 
 
-def layer_pairs(keep: list[int], cached: list[int]) -> list[tuple[int, int]]:
-    """(student hidden index, teacher hidden index) pairs for the teacher layers present in the cache."""
-    pairs = [(0, 0)] if 0 in cached else []
-    pairs += [(j + 1, t + 1) for j, t in enumerate(keep) if t + 1 in cached]
-    return pairs
-
-
-def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, cache: TeacherCache,
+def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, source: TeacherSource,
                   spec: StudentSpec, tokenizer, out_dir: Path, log_path: Path) -> TrainSummary:
-    """Build the student from the teacher, distil it from the cache, and save the best (dev) student."""
-    config = recipe.distillation
+    """Build the student from the teacher's layers, distil it, and save the best (dev) student."""
     seed_everything(recipe.seed)
     teacher = MultiTaskModel.load(teacher_dir, recipe.teacher.trust_remote_code)
     keep = pick_layers(spec.layers, teacher.num_layers)
     student = keep_layers(teacher, keep)
+    teacher_config = teacher.encoder.config
     del teacher
-    pairs = layer_pairs(keep, cache.hidden_layers) if config.hidden_weight > 0 else []
-    teacher_layers = [t for _, t in pairs]
-    weights = {t.name: t.weight for t in recipe.tasks}
-    token_level = {t.info.name: t.info.type == "token_classification" for t in tasks}
+    return distil(student, teacher_config, recipe, tasks, source, tokenizer, out_dir, log_path, spec.name, keep)
+
+
+def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Recipe, tasks: list[TaskData],
+           source: TeacherSource, tokenizer, out_dir: Path, log_path: Path, name: str,
+           copied_from: list[int] | None = None) -> TrainSummary:
+    """Train `student` through the recipe's stages; save the best dev epoch of the last stage to `out_dir`.
+
+    `copied_from` (the 0-based teacher layer each student layer was copied from) sets the `all` layer map and
+    is saved as student.json; a student not built from the teacher's layers gets the uniform map."""
+    config = recipe.distillation
+    stages = config.stage_plan()
+    pairs = layer_pairs(config.layer_map, student.num_layers, int(teacher_config.num_hidden_layers), copied_from)
+    projected = {s for s, _ in pairs} if any(s.losses.needs_hidden for s in stages) else set()
+    projected |= {0} if any(s.losses.embedding > 0 for s in stages) else set()
+    projections = HiddenProjections(int(student.encoder.config.hidden_size), int(teacher_config.hidden_size),
+                                    projected)
+    heads = Heads(int(student.encoder.config.num_attention_heads), int(teacher_config.num_attention_heads),
+                  config.relation_heads or int(teacher_config.num_attention_heads))
     pad_id = int(tokenizer.pad_token_id or 0)
-    log.info("student %s: teacher layers %s, hidden pairs %s", spec.name, keep, pairs)
+    train = {t.info.name: t.encoded["train"] for t in tasks}
+    log.info("student %s: layer pairs (student, teacher) %s, %d projection(s)", name, pairs, len(projections.maps))
 
-    def loss_fn(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        mask = torch.from_numpy(batch.attention_mask)
-        out = model(torch.from_numpy(batch.input_ids), mask, task=batch.task, output_hidden_states=bool(pairs))
-        targets = cache.targets(batch.task, "train", batch.indices, batch.input_ids.shape[1],
-                                token_level[batch.task], teacher_layers)
-        logits = out.logits[batch.task]
-        kd_mask = mask if token_level[batch.task] else None
-        loss = config.alpha * cross_entropy(logits, torch.from_numpy(batch.labels))
-        loss = loss + (1 - config.alpha) * kd_kl(logits, targets.logits, config.temperature, kd_mask)
-        loss = weights[batch.task] * loss
-        for student_index, teacher_index in pairs:
-            loss = loss + config.hidden_weight * hidden_mse(out.hidden_states[student_index],
-                                                            targets.hidden[teacher_index], mask)
-        return loss
-
-    def evaluate_fn(model: torch.nn.Module) -> tuple[float, dict]:
-        metrics = evaluate(torch_forward(model), tasks, "dev", pad_id, desc=f"{spec.name} dev")
+    def evaluate_dev(model: torch.nn.Module) -> tuple[float, dict]:
+        metrics = evaluate(torch_forward(model), tasks, "dev", pad_id, desc=f"{name} dev")
         return mean_score(primary_scores(tasks, metrics)), metrics
 
-    def save_fn(model: torch.nn.Module) -> None:
+    def save(model: torch.nn.Module) -> None:
         with atomic_directory(out_dir) as tmp:
             model.save(tmp, tokenizer)
-            save_layer_map(tmp, keep)
+            if copied_from is not None:
+                save_layer_map(tmp, copied_from)
 
-    settings = TrainSettings(config.epochs, config.batch_size, config.learning_rate, config.warmup_ratio, recipe.seed)
-    train = {t.info.name: t.encoded["train"] for t in tasks}
-    return train_loop(student, train, pad_id, loss_fn, evaluate_fn, save_fn, settings, log_path,
-                      f"student {spec.name}")
+    summaries: list[tuple[str, TrainSummary]] = []
+    with attached(student, projections):
+        for number, stage in enumerate(stages, 1):
+            last = number == len(stages)
+            objective = StageObjective(stage.losses, config.temperature, pairs, projections, heads, source,
+                                       encoder_layers(student.encoder),
+                                       {t.name: t.weight for t in recipe.tasks},
+                                       {t.info.name: t.info.type == "token_classification" for t in tasks},
+                                       _total_steps(train, stage.epochs, config.batch_size, recipe.seed))
+            _check_source_layers(source, objective.teacher_hidden)
+            _write_log(log_path, {"stage": stage.name, "stage_epochs": stage.epochs, "losses": stage.losses.active()})
+
+            def evaluate_fn(model: torch.nn.Module, stage: StageSpec = stage,
+                            objective: StageObjective = objective) -> tuple[float, dict]:
+                _write_log(log_path, {"stage": stage.name, **objective.epoch_means()})
+                return evaluate_dev(model)
+
+            settings = TrainSettings(stage.epochs, config.batch_size, config.learning_rate, config.warmup_ratio,
+                                     recipe.seed)
+            desc = f"student {name}" + (f" ({stage.name})" if len(stages) > 1 else "")
+            # Earlier stages keep their last weights in memory for the next stage; only the last one saves.
+            summary = train_loop(student, train, pad_id, objective, evaluate_fn, save if last else _keep_in_memory,
+                                 settings, log_path, desc)
+            summaries.append((stage.name, summary))
+    return _combine(summaries)
+
+
+@dataclass
+class Heads:
+    """Attention heads of both models, and the relation heads both are split into."""
+
+    student: int
+    teacher: int
+    relations: int
+
+
+class StageObjective:
+    """One stage's weighted loss, as `train_loop`'s loss function; keeps the mean of each term per epoch.
+
+    Per batch of task t: w_t · [hard · CE + kd_kl · T² KL + kd_mse · MSE(logits)] + Σ over the layer pairs of
+    hidden_mse · MSE + hidden_cosine · (1 − cos) + attention · KL(attention) + relations · KL(relations),
+    + embedding · MSE(hidden state 0). Student hidden states go through the width projections."""
+
+    def __init__(self, weights: LossWeights, temperature: float | TemperatureSchedule, pairs: list[tuple[int, int]],
+                 projections: HiddenProjections, heads: Heads, source: TeacherSource,
+                 student_layers: torch.nn.ModuleList, task_weights: dict[str, float], token_level: dict[str, bool],
+                 total_steps: int):
+        self.weights = weights.active()
+        self.temperature = temperature
+        self.hidden_pairs = pairs if weights.needs_hidden else []
+        self.qkv_pairs = pairs if weights.needs_qkv else []
+        self.embedding = weights.embedding > 0
+        self.teacher_hidden = sorted({t for _, t in self.hidden_pairs} | ({0} if self.embedding else set()))
+        self.teacher_qkv = sorted({t for _, t in self.qkv_pairs})
+        self.projections, self.heads, self.source = projections, heads, source
+        self.student_layers = student_layers
+        self.task_weights, self.token_level = task_weights, token_level
+        self.total_steps = total_steps
+        self.step = 0
+        self._sums: dict[str, float] = defaultdict(float)
+        self._batches = 0
+
+    def current_temperature(self) -> float:
+        if isinstance(self.temperature, TemperatureSchedule):
+            return self.temperature.at(self.step / max(self.total_steps - 1, 1))
+        return self.temperature
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        device = next(model.parameters()).device
+        mask = torch.from_numpy(batch.attention_mask).to(device)
+        task, width = batch.task, batch.input_ids.shape[1]
+        with capture_qkv(self.student_layers, [s for s, _ in self.qkv_pairs]) as student_qkv:
+            out = model(torch.from_numpy(batch.input_ids).to(device), mask, task=task,
+                        output_hidden_states=bool(self.teacher_hidden))
+        extra = {"qkv_layers": self.teacher_qkv} if self.teacher_qkv else {}
+        targets = _to_device(self.source.targets(task, "train", batch.indices, width, self.token_level[task],
+                                                 self.teacher_hidden, **extra), device)
+        terms = self._terms(out.logits[task], out.hidden_states, student_qkv, targets,
+                            torch.from_numpy(batch.labels).to(device), mask, self.token_level[task])
+        total = sum(self.weights[name] * (self.task_weights[task] if name in LOGIT_LOSSES else 1.0) * value
+                    for name, value in terms.items())
+        for name, value in terms.items():
+            self._sums[name] += value.item()
+        self._batches += 1
+        self.step += 1
+        return total
+
+    def _terms(self, logits: torch.Tensor, hidden: tuple[torch.Tensor, ...] | None,
+               student_qkv: dict[int, list[torch.Tensor]], targets: TeacherTargets, labels: torch.Tensor,
+               mask: torch.Tensor, token_level: bool) -> dict[str, torch.Tensor]:
+        """Each active loss, unweighted."""
+        kd_mask = mask if token_level else None
+        project = self.projections
+        terms = {}
+        if "hard" in self.weights:
+            terms["hard"] = cross_entropy(logits, labels)
+        if "kd_kl" in self.weights:
+            terms["kd_kl"] = kd_kl(logits, targets.logits, self.current_temperature(), kd_mask)
+        if "kd_mse" in self.weights:
+            terms["kd_mse"] = kd_mse(logits, targets.logits, kd_mask)
+        if "hidden_mse" in self.weights:
+            terms["hidden_mse"] = sum(hidden_mse(project(s, hidden[s]), targets.hidden[t], mask)
+                                      for s, t in self.hidden_pairs)
+        if "hidden_cosine" in self.weights:
+            terms["hidden_cosine"] = sum(hidden_cosine(project(s, hidden[s]), targets.hidden[t], mask)
+                                         for s, t in self.hidden_pairs)
+        if self.embedding:
+            terms["embedding"] = hidden_mse(project(0, hidden[0]), targets.hidden[0], mask)
+        if "attention" in self.weights:
+            terms["attention"] = sum(
+                attention_transfer(student_qkv[s][0], student_qkv[s][1], targets.qkv[t][0], targets.qkv[t][1],
+                                   self.heads.student, self.heads.teacher, mask) for s, t in self.qkv_pairs)
+        if "relations" in self.weights:
+            terms["relations"] = sum(relation_kl(student_qkv[s], targets.qkv[t], self.heads.relations, mask)
+                                     for s, t in self.qkv_pairs)
+        return terms
+
+    def epoch_means(self) -> dict:
+        """The mean of each loss term since the last call (and the temperature now), then start over."""
+        means = {name: total / max(self._batches, 1) for name, total in self._sums.items()}
+        self._sums.clear()
+        self._batches = 0
+        return {"loss_terms": means, "temperature": self.current_temperature()}
+
+
+def _to_device(targets: TeacherTargets, device: torch.device) -> TeacherTargets:
+    return TeacherTargets(targets.logits.to(device), {k: v.to(device) for k, v in targets.hidden.items()},
+                          {k: [x.to(device) for x in v] for k, v in targets.qkv.items()})
+
+
+def _check_source_layers(source: TeacherSource, needed: list[int]) -> None:
+    missing = sorted(set(needed) - set(source.hidden_layers))
+    if missing:
+        raise DistillInputError(f"the teacher source has hidden layers {source.hidden_layers} but the losses need "
+                                f"{missing} too; build the cache with them (`distill cache` does it from the recipe)")
+
+
+def _total_steps(train: dict, epochs: float, batch_size: int, seed: int) -> int:
+    """The optimiser steps `train_loop` takes in one stage (for the temperature schedule)."""
+    per_epoch = len(training_batches(train, batch_size, seed))
+    return max(1, math.ceil(epochs * per_epoch / PartialState().num_processes))
+
+
+def _keep_in_memory(model: torch.nn.Module) -> None:
+    """An earlier stage's `save`: its weights stay in the model, which the next stage trains further."""
+
+
+def _write_log(path: Path, record: dict) -> None:
+    if not PartialState().is_main_process:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _combine(summaries: list[tuple[str, TrainSummary]]) -> TrainSummary:
+    """One summary over all stages: the last stage's best epoch, every stage's history (tagged), total time."""
+    history = [{"stage": name, **record} for name, summary in summaries for record in summary.history]
+    last = summaries[-1][1]
+    return TrainSummary(last.best_score, last.best_epoch, history, sum(s.seconds for _, s in summaries))

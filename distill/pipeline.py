@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill.data import TaskData, encode_tasks, fingerprint, load_tasks
 from distill.demo_assets import demo_model_path
@@ -15,6 +15,9 @@ from distill.errors import DistillInputError
 from distill.fileio import atomic_write_json, read_json, sha256_dir, sha256_json
 from distill.recipe import Recipe
 from distill.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from distill.cache import TeacherSource
 
 log = logging.getLogger(__name__)
 STAGES = ("teacher", "cache", "train", "export", "bench")
@@ -31,7 +34,8 @@ class RunState:
     tasks: list[TaskData] = field(default_factory=list)
     tokenizer: Any = None
     teacher_dir: Path | None = None
-    cache: Any = None
+    cache: Any = None  # the TeacherSource: a TeacherCache, or an OnlineTeacher when the recipe says online
+    source_key: str = ""  # what identifies the teacher outputs (the cache key, or the online teacher's hash)
     student_dirs: dict[str, Path] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
     stages: list[dict] = field(default_factory=list)
@@ -125,13 +129,28 @@ def _check_teacher_tasks(teacher_dir: Path, tasks: list[TaskData]) -> None:
 
 
 def stage_cache(state: RunState) -> None:
+    from transformers import AutoConfig
+
     from distill.cache import TeacherCache
+    from distill.layer_map import needed_teacher_layers
     from teachers.runner import build_cache
 
+    config = state.recipe.distillation
+    if config.teacher_source == "online":
+        # The teacher runs on every training batch instead; nothing to build.
+        state.source_key = sha256_json({"online": sha256_dir(state.teacher_dir), "data": fingerprint(state.tasks)})
+        state.stages.append({"name": "cache", "status": "skipped", "seconds": 0.0})
+        state.write_run_json()
+        return
+    teacher_layers = int(AutoConfig.from_pretrained(state.teacher_dir, trust_remote_code=state.recipe.teacher
+                                                    .trust_remote_code).num_hidden_layers)
+    hidden, qkv = needed_teacher_layers(config, state.recipe.students, teacher_layers)
     result = {}
 
     def body() -> bool:
-        built = build_cache(state.teacher_dir, state.tasks, state.recipe.distillation.hidden_layers)
+        # qkv_layers only when asked for, so a cache without query/key/value storage still serves the rest.
+        extra = {"qkv_layers": qkv} if qkv else {}
+        built = build_cache(state.teacher_dir, state.tasks, config.hidden_layers + hidden, **extra)
         result["value"] = built
         atomic_write_json(state.out_dir / "cache.json", built.to_json())
         return built.hit
@@ -139,6 +158,21 @@ def stage_cache(state: RunState) -> None:
     # The cache entry is content-addressed: the stage always asks it, and a hit is reported as cached.
     state.run_stage("cache", None, [], body)
     state.cache = TeacherCache(result["value"].path)
+    state.source_key = state.cache.manifest["key"]
+
+
+def _training_source(state: RunState) -> TeacherSource:
+    """The teacher source the students learn from: the cache, or the teacher itself (loaded once, on first use)."""
+    if state.cache is None:
+        from accelerate import PartialState
+
+        from distill.online_teacher import OnlineTeacher
+        from teachers.multitask import MultiTaskModel
+
+        device = PartialState().device
+        teacher = MultiTaskModel.load(state.teacher_dir, state.recipe.teacher.trust_remote_code)
+        state.cache = OnlineTeacher(teacher, state.tasks, state.pad_id, device)
+    return state.cache
 
 
 def stage_train(state: RunState, only: list[str] | None) -> None:
@@ -150,13 +184,13 @@ def stage_train(state: RunState, only: list[str] | None) -> None:
         state.student_dirs[spec.name] = directory
         if only and spec.name not in only:
             continue
-        inputs = {"cache": state.cache.manifest["key"], "student": spec.model_dump(),
+        inputs = {"cache": state.source_key, "student": spec.model_dump(),
                   "distillation": recipe.distillation.model_dump(), "seed": recipe.seed,
                   "weights": [t.weight for t in recipe.tasks]}
         state.run_stage(f"train:{spec.name}", sha256_json(inputs), [directory / "heads.safetensors"],
                         lambda spec=spec, directory=directory: train_student(
-                            recipe, state.tasks, state.teacher_dir, state.cache, spec, state.tokenizer, directory,
-                            state.out_dir / "logs" / f"student-{spec.name}.jsonl"))
+                            recipe, state.tasks, state.teacher_dir, _training_source(state), spec, state.tokenizer,
+                            directory, state.out_dir / "logs" / f"student-{spec.name}.jsonl"))
 
 
 def stage_export(state: RunState) -> None:
