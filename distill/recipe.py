@@ -196,9 +196,9 @@ class DistillationSpec(Strict):
         default=None, description="the loss as named weights; default {hard: alpha, kd_kl: 1 - alpha, "
                                   "hidden_mse: hidden_weight}")
     layer_map: Literal["last", "all"] | dict[int, int] = Field(
-        default="last", description="student hidden layer -> teacher hidden layer for the layer losses: last "
-                                    "(last to last), all (each student layer to the teacher layer it came from) "
-                                    "or {student: teacher} (1-based, negative counts from the end)")
+        default="all", description="student hidden layer -> teacher hidden layer for the layer losses: all "
+                                   "(uniform: each student layer to the teacher layer it came from), last (last "
+                                   "to last) or {student: teacher} (1-based, negative counts from the end)")
     relation_heads: int | None = Field(default=None, gt=0, description="relation heads; default: teacher's heads")
     stages: list[StageSpec] | None = Field(
         default=None, description="train in stages, each with its own epochs and losses (the last keeps the "
