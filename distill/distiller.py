@@ -12,7 +12,7 @@ from distill.cache import TeacherCache
 from distill.data import TaskData
 from distill.evaluation import evaluate, primary_scores, torch_forward
 from distill.fileio import atomic_directory
-from distill.losses import cross_entropy, hidden_mse, kd_kl
+from distill.losses import hidden_mse, task_losses
 from distill.metrics import mean_score
 from distill.recipe import Recipe, StudentSpec
 from distill.training import TrainSettings, TrainSummary, seed_everything, train_loop
@@ -30,8 +30,11 @@ def layer_pairs(keep: list[int], cached: list[int]) -> list[tuple[int, int]]:
 
 
 def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, cache: TeacherCache,
-                  spec: StudentSpec, tokenizer, out_dir: Path, log_path: Path) -> TrainSummary:
-    """Build the student from the teacher, distil it from the cache, and save the best (dev) student."""
+                  spec: StudentSpec, tokenizer, out_dir: Path, log_path: Path, checkpoint_dir: Path | None = None,
+                  resume: bool = False) -> TrainSummary:
+    """Build the student from the teacher, distil it from the cache, and save the best (dev) student.
+
+    Checkpoints go to `checkpoint_dir` (when given); `resume` continues from the newest one there."""
     config = recipe.distillation
     seed_everything(recipe.seed)
     teacher = MultiTaskModel.load(teacher_dir, recipe.teacher.trust_remote_code)
@@ -42,6 +45,7 @@ def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, cach
     teacher_layers = [t for _, t in pairs]
     weights = {t.name: t.weight for t in recipe.tasks}
     token_level = {t.info.name: t.info.type == "token_classification" for t in tasks}
+    types = {t.info.name: t.info.type for t in tasks}
     pad_id = int(tokenizer.pad_token_id or 0)
     log.info("student %s: teacher layers %s, hidden pairs %s", spec.name, keep, pairs)
 
@@ -52,12 +56,14 @@ def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, cach
                                 token_level[batch.task], teacher_layers)
         logits = out.logits[batch.task]
         kd_mask = mask if token_level[batch.task] else None
-        loss = config.alpha * cross_entropy(logits, torch.from_numpy(batch.labels))
-        loss = loss + (1 - config.alpha) * kd_kl(logits, targets.logits, config.temperature, kd_mask)
+        gold, kd = task_losses(types[batch.task], logits, torch.from_numpy(batch.labels), targets.logits,
+                               config.temperature, kd_mask)
+        loss = config.alpha * gold + (1 - config.alpha) * kd
         loss = weights[batch.task] * loss
         for student_index, teacher_index in pairs:
-            loss = loss + config.hidden_weight * hidden_mse(out.hidden_states[student_index],
-                                                            targets.hidden[teacher_index], mask)
+            student_hidden = out.hidden_states[student_index]
+            loss = loss + config.hidden_weight * hidden_mse(
+                student_hidden, targets.hidden[teacher_index].to(student_hidden.device), out.attention_mask)
         return loss
 
     def evaluate_fn(model: torch.nn.Module) -> tuple[float, dict]:
@@ -69,7 +75,7 @@ def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, cach
             model.save(tmp, tokenizer)
             save_layer_map(tmp, keep)
 
-    settings = TrainSettings(config.epochs, config.batch_size, config.learning_rate, config.warmup_ratio, recipe.seed)
+    settings = TrainSettings.from_recipe(recipe, "student")
     train = {t.info.name: t.encoded["train"] for t in tasks}
     return train_loop(student, train, pad_id, loss_fn, evaluate_fn, save_fn, settings, log_path,
-                      f"student {spec.name}")
+                      f"student {spec.name}", checkpoint_dir, resume)
