@@ -17,9 +17,9 @@ def demo_recipe(quick: bool = False) -> Recipe:
     return load_recipe(RECIPES_DIR / "demo.yaml", overrides)
 
 
-def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False) -> dict:
-    """Run the offline demo into `out_dir`; returns run.json's content."""
-    return run_recipe(demo_recipe(quick), out_dir, force=force)
+def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, resume: bool = False) -> dict:
+    """Run the offline demo into `out_dir`; returns run.json's content (`resume`: see `run_recipe`)."""
+    return run_recipe(demo_recipe(quick), out_dir, force=force, resume=resume)
 
 
 __all__ = ["demo_recipe", "load_recipe", "run_demo", "run_recipe"]

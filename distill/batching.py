@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,10 @@ class Batch:
 
 
 def pad_batch(task: str, split: EncodedSplit, indices: np.ndarray | list[int], pad_id: int) -> Batch:
-    """Pad the chosen examples to the longest one; token labels are padded with -100."""
+    """Pad the chosen examples to the longest one.
+
+    Labels by their kind: an int per example (class id), a float per example (regression target), a float
+    vector per example (multi-hot, stacked to [B, C]), or an int vector per token (padded with -100)."""
     indices = np.asarray(indices, dtype=np.int64)
     rows = [split.input_ids[i] for i in indices]
     width = max(len(r) for r in rows)
@@ -32,9 +36,12 @@ def pad_batch(task: str, split: EncodedSplit, indices: np.ndarray | list[int], p
     for k, row in enumerate(rows):
         input_ids[k, : len(row)] = row
         mask[k, : len(row)] = 1
-    first = split.labels[indices[0]]
-    if np.ndim(first) == 0:
-        labels = np.asarray([split.labels[i] for i in indices], dtype=np.int64)
+    first = np.asarray(split.labels[indices[0]])
+    if first.ndim == 0:
+        dtype = np.float32 if first.dtype.kind == "f" else np.int64
+        labels = np.asarray([split.labels[i] for i in indices], dtype=dtype)
+    elif first.dtype.kind == "f":
+        labels = np.stack([split.labels[i] for i in indices]).astype(np.float32)
     else:
         labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
         for k, i in enumerate(indices):
@@ -42,16 +49,54 @@ def pad_batch(task: str, split: EncodedSplit, indices: np.ndarray | list[int], p
     return Batch(task, indices, input_ids, mask, labels)
 
 
-def training_batches(splits: dict[str, EncodedSplit], batch_size: int, seed: int) -> list[tuple[str, np.ndarray]]:
-    """Every example of every task once, in single-task batches shuffled together (proportional sampling)."""
+SAMPLING_STRATEGIES = ("proportional", "temperature", "round_robin")
+Plan = list[tuple[str, np.ndarray]]
+
+
+def training_batches(splits: dict[str, EncodedSplit], batch_size: int, seed: int, strategy: str = "proportional",
+                     temperature: float = 2.0) -> Plan:
+    """One epoch of single-task batches, mixed across tasks by `strategy`.
+
+    proportional: every example of every task once, batches shuffled together. temperature: each batch's task
+    drawn with probability ∝ n_task^(1/temperature). round_robin: the tasks in turn. The last two keep the
+    proportional epoch's number of batches; a task's examples are reshuffled each time they run out."""
     rng = random.Random(seed)
-    plan = []
-    for task, split in splits.items():
-        order = list(range(len(split)))
+    if strategy == "proportional":
+        plan = []
+        for task, split in splits.items():
+            order = list(range(len(split)))
+            rng.shuffle(order)
+            plan += [(task, np.asarray(order[i : i + batch_size])) for i in range(0, len(order), batch_size)]
+        rng.shuffle(plan)
+        return plan
+    names = [task for task, split in splits.items() if len(split)]
+    count = sum(math.ceil(len(splits[task]) / batch_size) for task in names)
+    if strategy == "temperature":
+        weights = [len(splits[task]) ** (1.0 / temperature) for task in names]
+        order = rng.choices(names, weights=weights, k=count)
+    elif strategy == "round_robin":
+        order = [names[i % len(names)] for i in range(count)]
+    else:
+        raise ValueError(f"unknown sampling strategy {strategy!r}; use one of {SAMPLING_STRATEGIES}")
+    streams = {task: _batch_stream(len(splits[task]), batch_size, rng) for task in names}
+    return [(task, next(streams[task])) for task in order]
+
+
+def _batch_stream(size: int, batch_size: int, rng: random.Random) -> Iterator[np.ndarray]:
+    """Endless batches of indices 0..size-1: a fresh shuffle each pass, the last batch of a pass may be short."""
+    while True:
+        order = list(range(size))
         rng.shuffle(order)
-        plan += [(task, np.asarray(order[i : i + batch_size])) for i in range(0, len(order), batch_size)]
-    rng.shuffle(plan)
-    return plan
+        for start in range(0, size, batch_size):
+            yield np.asarray(order[start : start + batch_size])
+
+
+def rank_batches(plan: Plan, process_index: int, num_processes: int) -> Plan:
+    """This process's share of an epoch: every num_processes-th batch, of a plan padded (by wrapping around)
+    to a multiple of num_processes, so every process runs the same number of steps."""
+    if num_processes > 1 and plan:
+        plan = plan + [plan[i % len(plan)] for i in range((-len(plan)) % num_processes)]
+    return plan[process_index::num_processes]
 
 
 def eval_batches(split: EncodedSplit, batch_size: int) -> Iterator[np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="subsampled data and fewer epochs (minutes, not an hour)")
     demo.add_argument("--out", required=True, type=Path, help="output directory")
     demo.add_argument("--force", action="store_true", help="rerun every stage even when its inputs are unchanged")
+    _resume_arg(demo)
 
     for stage, text in STAGE_HELP.items():
         cmd = sub.add_parser(stage, help=f"{text} (and the stages before it)")
@@ -64,6 +66,13 @@ def _recipe_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--out", required=True, type=Path, help="output directory")
     forced = "every stage" if cmd.prog.endswith(" run") else "this stage"
     cmd.add_argument("--force", action="store_true", help=f"rerun {forced} even when its inputs are unchanged")
+    _resume_arg(cmd)
+
+
+def _resume_arg(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--resume", action="store_true",
+                     help="continue an interrupted teacher or student training from its newest checkpoint "
+                          "(DIR/checkpoints/), at the exact batch")
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -84,6 +93,7 @@ def _main(args: argparse.Namespace) -> int:
         print("\n".join(compare_reports(args.a, args.b)))
         return 0
     from distill import api
+    from distill.processes import is_main_process
 
     if args.command == "gate":
         from distill.gate import check_gate
@@ -92,12 +102,15 @@ def _main(args: argparse.Namespace) -> int:
         print("\n".join(lines) or "no bound given")
         return 0 if passed else 1
     if args.command == "demo":
-        result = api.run_demo(args.out, quick=args.quick, force=args.force)
+        result = api.run_demo(args.out, quick=args.quick, force=args.force, resume=args.resume)
     else:
         until = "bench" if args.command == "run" else args.command
         recipe = api.load_recipe(args.recipe)
         force = args.force if args.command == "run" else (until if args.force else False)
-        result = api.run_recipe(recipe, args.out, until=until, students=getattr(args, "student", None), force=force)
+        result = api.run_recipe(recipe, args.out, until=until, students=getattr(args, "student", None), force=force,
+                                resume=args.resume)
+    if not is_main_process():  # under torchrun / accelerate launch: the main process prints
+        return 0
     cache = Path(args.out) / "cache.json"
     if args.command == "cache" and cache.is_file():
         result = {**result, "cache": json.loads(cache.read_text(encoding="utf-8"))}
@@ -111,7 +124,9 @@ def _main(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `distill` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    other_process = os.environ.get("RANK", "0") != "0"  # torchrun / accelerate launch: rank 0 logs progress
+    level = logging.DEBUG if args.verbose else logging.WARNING if other_process else logging.INFO
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return _main(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,16 @@ class TaskInfo:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type, "labels": self.labels, "metric": self.metric}
 
+    @property
+    def token_level(self) -> bool:
+        """True when the task labels every token (its logits are [tokens, C] per example)."""
+        return self.type == "token_classification"
+
+    @property
+    def num_outputs(self) -> int:
+        """The width of the task's head: one score per label, one value for regression."""
+        return 1 if self.type == "regression" else len(self.labels)
+
 
 @dataclass
 class Split:
@@ -44,7 +55,8 @@ class Split:
 
 @dataclass
 class EncodedSplit:
-    """Token ids per example and label ids (an int per example, or an array per token, -100 = ignored)."""
+    """Token ids per example and labels: a class id per example (sequence), an int array per token (-100 =
+    ignored), a float32 multi-hot array per example (multi-label), or a float per example (regression)."""
 
     input_ids: list[np.ndarray]
     labels: list
@@ -155,8 +167,8 @@ def _split(task: TaskSpec, raw: dict[str, Split], seed: int) -> dict[str, Split]
 
 
 def _clean(task: TaskSpec, split_name: str, split: Split) -> Split:
-    """Drop empty texts (counted in the log) and check that token labels line up with tokens."""
-    keep = []
+    """Drop empty texts (counted in the log), check labels and bring them to one form per task type."""
+    keep, labels = [], []
     for i, (text, label) in enumerate(zip(split.texts, split.labels, strict=True)):
         if task.type == "token_classification":
             if not isinstance(text, list) or not isinstance(label, list):
@@ -170,27 +182,54 @@ def _clean(task: TaskSpec, split_name: str, split: Split) -> Split:
                 )
             empty = not any(str(w).strip() for w in text)
         else:
-            if label is None:
-                raise DistillInputError(f"{split.origin}: row {split.rows[i]}: empty label in {task.label_field!r}")
+            label = _sequence_label(task, label, f"{split.origin}: row {split.rows[i]}")
             empty = text is None or not str(text).strip()
         if not empty:
             keep.append(i)
+            labels.append(label)
     dropped = len(split.texts) - len(keep)
     if dropped:
         log.warning("task %s, %s split: skipped %d example(s) with empty text", task.name, split_name, dropped)
-    return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep], [split.rows[i] for i in keep],
-                 split.origin)
+    return Split([split.texts[i] for i in keep], labels, [split.rows[i] for i in keep], split.origin)
+
+
+def _sequence_label(task: TaskSpec, label: Any, where: str) -> Any:
+    """One example's label as its task type wants it: a name, a list of names (multi-label), or a float."""
+    if task.type == "multi_label_classification":
+        if label is None:
+            return []  # an empty cell: none of the labels applies
+        if isinstance(label, str):
+            return [name.strip() for name in label.split(task.label_separator) if name.strip()]
+        return [str(name) for name in label] if isinstance(label, list) else [str(label)]
+    if label is None:
+        raise DistillInputError(f"{where}: empty label in {task.label_field!r}")
+    if task.type == "regression":
+        try:
+            value = float(label)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            raise DistillInputError(f"{where}: label {label!r} in {task.label_field!r} is not a finite number "
+                                    f"(task {task.name!r} is a regression)")
+        return value
+    return label
 
 
 def _label_list(task: TaskSpec, splits: dict[str, Split]) -> list[str]:
     train = splits["train"]
+    if task.type == "regression":
+        return []
     if task.type == "token_classification":
         seen = {str(tag) for tags in train.labels for tag in tags}
         return sorted(seen, key=lambda t: (t != "O", t[2:], t))
+    if task.type == "multi_label_classification":
+        return sorted({str(name) for names in train.labels for name in names})
     return sorted({str(label) for label in train.labels})
 
 
 def _check_labels(task: TaskSpec, splits: dict[str, Split], labels: list[str]) -> None:
+    if task.type == "regression":
+        return
     known = set(labels)
     for name in ("dev", "test"):
         split = splits[name]
@@ -240,11 +279,10 @@ def encode_split(info: TaskInfo, texts: list, labels: list | None, tokenizer: An
                  label_id: dict[str, int] | None = None) -> EncodedSplit:
     """Token ids (and aligned label ids when labels are given) for one list of examples."""
     label_id = label_id or {label: i for i, label in enumerate(info.labels)}
-    if info.type == "sequence_classification":
+    if not info.token_level:
         enc = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length)
         ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
-        label_ids = [label_id[str(y)] for y in labels] if labels is not None else [IGNORE_INDEX] * len(ids)
-        return EncodedSplit(ids, label_ids)
+        return EncodedSplit(ids, _encode_labels(info, labels, label_id, len(ids)))
     words = [[str(w) for w in ws] for ws in texts]
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
     ids, aligned = [], []
@@ -260,6 +298,20 @@ def encode_split(info: TaskInfo, texts: list, labels: list | None, tokenizer: An
     return EncodedSplit(ids, aligned, words)
 
 
+def _encode_labels(info: TaskInfo, labels: list | None, label_id: dict[str, int], count: int) -> list:
+    """Per-example labels of a sequence-level task (placeholders when `labels` is None)."""
+    if info.type == "regression":
+        return [float(y) for y in labels] if labels is not None else [math.nan] * count
+    if info.type == "multi_label_classification":
+        rows = []
+        for names in labels if labels is not None else [[]] * count:
+            row = np.zeros(len(info.labels), dtype=np.float32)
+            row[[label_id[str(name)] for name in names]] = 1.0
+            rows.append(row)
+        return rows
+    return [label_id[str(y)] for y in labels] if labels is not None else [IGNORE_INDEX] * count
+
+
 def fingerprint(tasks: list[TaskData]) -> str:
     """sha256 over every task's definition, label map and tokenised splits."""
     digest = hashlib.sha256()
@@ -270,5 +322,6 @@ def fingerprint(tasks: list[TaskData]) -> str:
             digest.update(f"{name}:{len(split)}".encode())
             for ids, labels in zip(split.input_ids, split.labels, strict=True):
                 digest.update(ids.tobytes())
-                digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+                values = np.asarray(labels)
+                digest.update((values if values.dtype.kind == "f" else values.astype(np.int64)).tobytes())
     return digest.hexdigest()

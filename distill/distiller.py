@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,12 +21,13 @@ from transformers import PretrainedConfig
 from distill.attention import capture_qkv, encoder_layers
 from distill.batching import Batch, training_batches
 from distill.cache import TeacherSource, TeacherTargets
+from distill.checkpoint import latest_checkpoint
 from distill.data import TaskData
 from distill.errors import DistillInputError
 from distill.evaluation import evaluate, primary_scores, torch_forward
 from distill.fileio import atomic_directory
 from distill.layer_map import layer_pairs
-from distill.losses import attention_transfer, cross_entropy, hidden_cosine, hidden_mse, kd_kl, kd_mse, relation_kl
+from distill.losses import attention_transfer, hidden_cosine, hidden_mse, kd_mse, relation_kl, task_losses
 from distill.metrics import mean_score
 from distill.projections import HiddenProjections, attached
 from distill.recipe import LossWeights, Recipe, StageSpec, StudentSpec, TemperatureSchedule
@@ -39,20 +40,25 @@ LOGIT_LOSSES = ("hard", "kd_kl", "kd_mse")
 
 
 def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, source: TeacherSource,
-                  spec: StudentSpec, tokenizer, out_dir: Path, log_path: Path) -> TrainSummary:
-    """Build the student from the teacher's layers, distil it, and save the best (dev) student."""
+                  spec: StudentSpec, tokenizer, out_dir: Path, log_path: Path, checkpoint_dir: Path | None = None,
+                  resume: bool = False) -> TrainSummary:
+    """Build the student from the teacher's layers, distil it, and save the best (dev) student.
+
+    Checkpoints go to `checkpoint_dir` (when given); `resume` continues from the newest one there."""
     seed_everything(recipe.seed)
     teacher = MultiTaskModel.load(teacher_dir, recipe.teacher.trust_remote_code)
     keep = pick_layers(spec.layers, teacher.num_layers)
     student = keep_layers(teacher, keep)
     teacher_config = teacher.encoder.config
     del teacher
-    return distil(student, teacher_config, recipe, tasks, source, tokenizer, out_dir, log_path, spec.name, keep)
+    return distil(student, teacher_config, recipe, tasks, source, tokenizer, out_dir, log_path, spec.name, keep,
+                  checkpoint_dir, resume)
 
 
 def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Recipe, tasks: list[TaskData],
            source: TeacherSource, tokenizer, out_dir: Path, log_path: Path, name: str,
-           copied_from: list[int] | None = None) -> TrainSummary:
+           copied_from: list[int] | None = None, checkpoint_dir: Path | None = None,
+           resume: bool = False) -> TrainSummary:
     """Train `student` through the recipe's stages; save the best dev epoch of the last stage to `out_dir`.
 
     `copied_from` (the 0-based teacher layer each student layer was copied from) sets the `all` layer map and
@@ -80,31 +86,45 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
             if copied_from is not None:
                 save_layer_map(tmp, copied_from)
 
+    staged = len(stages) > 1
+    checkpoint_dirs = [checkpoint_dir / stage.name if staged and checkpoint_dir else checkpoint_dir
+                       for stage in stages]
+    first = _resume_stage(checkpoint_dirs) if resume else 0
     summaries: list[tuple[str, TrainSummary]] = []
     with attached(student, projections):
-        for number, stage in enumerate(stages, 1):
-            last = number == len(stages)
+        for number, stage in enumerate(stages):
+            if number < first:  # finished before the interruption: the later stage's checkpoint holds its result
+                continue
+            last = number == len(stages) - 1
             objective = StageObjective(stage.losses, config.temperature, pairs, projections, heads, source,
                                        encoder_layers(student.encoder),
                                        {t.name: t.weight for t in recipe.tasks},
-                                       {t.info.name: t.info.type == "token_classification" for t in tasks},
+                                       {t.info.name: t.info.type for t in tasks},
                                        _total_steps(train, stage.epochs, config.batch_size, recipe.seed))
             _check_source_layers(source, objective.teacher_hidden)
-            _write_log(log_path, {"stage": stage.name, "stage_epochs": stage.epochs, "losses": stage.losses.active()})
+            stage_log = log_path.with_name(f"{log_path.stem}.{stage.name}{log_path.suffix}") if staged else log_path
 
-            def evaluate_fn(model: torch.nn.Module, stage: StageSpec = stage,
-                            objective: StageObjective = objective) -> tuple[float, dict]:
-                _write_log(log_path, {"stage": stage.name, **objective.epoch_means()})
+            def evaluate_fn(model: torch.nn.Module, stage: StageSpec = stage, objective: StageObjective = objective,
+                            stage_log: Path = stage_log) -> tuple[float, dict]:
+                _write_log(stage_log, {"stage": stage.name, "losses": stage.losses.active(), **objective.epoch_means()})
                 return evaluate_dev(model)
 
-            settings = TrainSettings(stage.epochs, config.batch_size, config.learning_rate, config.warmup_ratio,
-                                     recipe.seed)
-            desc = f"student {name}" + (f" ({stage.name})" if len(stages) > 1 else "")
+            settings = replace(TrainSettings.from_recipe(recipe, "student"), epochs=stage.epochs)
+            desc = f"student {name}" + (f" ({stage.name})" if staged else "")
             # Earlier stages keep their last weights in memory for the next stage; only the last one saves.
             summary = train_loop(student, train, pad_id, objective, evaluate_fn, save if last else _keep_in_memory,
-                                 settings, log_path, desc)
+                                 settings, stage_log, desc, checkpoint_dirs[number], resume and number == first)
             summaries.append((stage.name, summary))
     return _combine(summaries)
+
+
+def _resume_stage(checkpoint_dirs: list[Path | None]) -> int:
+    """The stage to resume: the latest one with a checkpoint (checkpoints go once a stage finishes)."""
+    for number in range(len(checkpoint_dirs) - 1, -1, -1):
+        directory = checkpoint_dirs[number]
+        if directory is not None and latest_checkpoint(directory) is not None:
+            return number
+    return 0
 
 
 @dataclass
@@ -125,7 +145,7 @@ class StageObjective:
 
     def __init__(self, weights: LossWeights, temperature: float | TemperatureSchedule, pairs: list[tuple[int, int]],
                  projections: HiddenProjections, heads: Heads, source: TeacherSource,
-                 student_layers: torch.nn.ModuleList, task_weights: dict[str, float], token_level: dict[str, bool],
+                 student_layers: torch.nn.ModuleList, task_weights: dict[str, float], task_types: dict[str, str],
                  total_steps: int):
         self.weights = weights.active()
         self.temperature = temperature
@@ -136,7 +156,8 @@ class StageObjective:
         self.teacher_qkv = sorted({t for _, t in self.qkv_pairs})
         self.projections, self.heads, self.source = projections, heads, source
         self.student_layers = student_layers
-        self.task_weights, self.token_level = task_weights, token_level
+        self.task_weights, self.task_types = task_weights, task_types
+        self.token_level = {task: kind == "token_classification" for task, kind in task_types.items()}
         self.total_steps = total_steps
         self.step = 0
         self._sums: dict[str, float] = defaultdict(float)
@@ -158,7 +179,7 @@ class StageObjective:
         targets = _to_device(self.source.targets(task, "train", batch.indices, width, self.token_level[task],
                                                  self.teacher_hidden, **extra), device)
         terms = self._terms(out.logits[task], out.hidden_states, student_qkv, targets,
-                            torch.from_numpy(batch.labels).to(device), mask, self.token_level[task])
+                            torch.from_numpy(batch.labels).to(device), mask, self.task_types[task])
         total = sum(self.weights[name] * (self.task_weights[task] if name in LOGIT_LOSSES else 1.0) * value
                     for name, value in terms.items())
         for name, value in terms.items():
@@ -169,15 +190,17 @@ class StageObjective:
 
     def _terms(self, logits: torch.Tensor, hidden: tuple[torch.Tensor, ...] | None,
                student_qkv: dict[int, list[torch.Tensor]], targets: TeacherTargets, labels: torch.Tensor,
-               mask: torch.Tensor, token_level: bool) -> dict[str, torch.Tensor]:
-        """Each active loss, unweighted."""
-        kd_mask = mask if token_level else None
+               mask: torch.Tensor, task_type: str) -> dict[str, torch.Tensor]:
+        """Each active loss, unweighted. `hard` and `kd_kl` follow the task type (see `task_losses`)."""
+        kd_mask = mask if task_type == "token_classification" else None
         project = self.projections
         terms = {}
-        if "hard" in self.weights:
-            terms["hard"] = cross_entropy(logits, labels)
-        if "kd_kl" in self.weights:
-            terms["kd_kl"] = kd_kl(logits, targets.logits, self.current_temperature(), kd_mask)
+        if "hard" in self.weights or "kd_kl" in self.weights:
+            gold, kd = task_losses(task_type, logits, labels, targets.logits, self.current_temperature(), kd_mask)
+            if "hard" in self.weights:
+                terms["hard"] = gold
+            if "kd_kl" in self.weights:
+                terms["kd_kl"] = kd
         if "kd_mse" in self.weights:
             terms["kd_mse"] = kd_mse(logits, targets.logits, kd_mask)
         if "hidden_mse" in self.weights:
@@ -218,7 +241,7 @@ def _check_source_layers(source: TeacherSource, needed: list[int]) -> None:
 
 
 def _total_steps(train: dict, epochs: float, batch_size: int, seed: int) -> int:
-    """The optimiser steps `train_loop` takes in one stage (for the temperature schedule)."""
+    """The batches one process runs in one stage (the temperature schedule advances once per batch)."""
     per_epoch = len(training_batches(train, batch_size, seed))
     return max(1, math.ceil(epochs * per_epoch / PartialState().num_processes))
 

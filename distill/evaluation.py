@@ -21,9 +21,11 @@ def torch_forward(model: torch.nn.Module) -> ForwardFn:
 
     def forward(task: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         model.eval()
+        device = next(model.parameters()).device
         with torch.inference_mode():
-            out = model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask), task=task)
-        return out.logits[task].float().numpy()
+            out = model(torch.from_numpy(input_ids).to(device), torch.from_numpy(attention_mask).to(device),
+                        task=task)
+        return out.logits[task].float().cpu().numpy()
 
     return forward
 

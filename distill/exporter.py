@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from distill.batching import eval_batches, pad_batch
-from distill.data import IGNORE_INDEX, EncodedSplit, TaskData
+from distill.data import IGNORE_INDEX, EncodedSplit, TaskData, TaskInfo
 from distill.errors import DistillError
 from distill.evaluation import ForwardFn, evaluate, predict, primary_scores, torch_forward
 from distill.fileio import atomic_directory, atomic_write_json, sha256_dir, sha256_file
 from distill.hardware import INT8_PRESETS, hardware, int8_preset
+from distill.metrics import multi_label_decisions
 from distill.recipe import ExportSpec
 from distill.runtime import MODEL_FILES, OnnxForward, output_name, task_file
 from teachers.multitask import TASKS_FILE, MultiTaskModel
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 PARITY_EXAMPLES = 256
 INT8_WARN_DROP = 0.01
+REGRESSION_TOLERANCE = 0.05  # regression outputs "agree" within this share of the gold values' std
 
 
 class _Heads(torch.nn.Module):
@@ -48,8 +50,7 @@ def export_onnx(model: MultiTaskModel, path: Path, opset: int, task: str | None 
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
                                        "attention_mask": {0: "batch", 1: "sequence"}}
     for head, name in zip(tasks, names, strict=True):
-        token_level = model.tasks[head].type == "token_classification"
-        axes[name] = {0: "batch", 1: "sequence"} if token_level else {0: "batch"}
+        axes[name] = {0: "batch", 1: "sequence"} if model.tasks[head].token_level else {0: "batch"}
     sample = torch.ones((2, 16), dtype=torch.long)
     mask = torch.ones_like(sample)
     mask[1, 8:] = 0  # a padded row, so tracing keeps the attention-mask path of the graph
@@ -111,20 +112,36 @@ def calibration_feeds(tasks: list[TaskData], per_task: int, pad_id: int) -> list
 
 def label_agreement(tasks: list[TaskData], split: str, a: dict[str, list[np.ndarray]],
                     b: dict[str, list[np.ndarray]]) -> dict[str, float]:
-    """Share of predicted labels two models agree on (token tasks: the labelled first sub-tokens)."""
+    """Share of predictions two models agree on, per task (see `_agreement`)."""
     out = {}
     for task in tasks:
-        name, encoded = task.info.name, task.encoded[split]
-        same = total = 0
-        for labels, x, y in zip(encoded.labels, a[name], b[name], strict=True):
-            if task.info.type == "sequence_classification":
-                same, total = same + int(np.argmax(x) == np.argmax(y)), total + 1
-            else:
-                keep = np.asarray(labels) != IGNORE_INDEX
-                same += int((np.argmax(x, -1)[keep] == np.argmax(y, -1)[keep]).sum())
-                total += int(keep.sum())
+        name = task.info.name
+        same, total = _agreement(task.info, task.encoded[split], a[name], b[name])
         out[name] = same / max(total, 1)
     return out
+
+
+def _agreement(info: TaskInfo, split: EncodedSplit, a: list[np.ndarray], b: list[np.ndarray]) -> tuple[int, int]:
+    """(agreeing, compared) decisions: labels (token tasks: the labelled first sub-tokens), each label's yes/no
+    (multi-label), or values within REGRESSION_TOLERANCE × the gold values' std (regression)."""
+    if not a:
+        return 0, 0
+    if info.type == "regression":
+        tolerance = REGRESSION_TOLERANCE * (float(np.std(split.labels)) or 1.0)
+        close = np.abs(np.ravel(np.stack(a)) - np.ravel(np.stack(b))) <= tolerance
+        return int(close.sum()), close.size
+    if info.type == "multi_label_classification":
+        same = multi_label_decisions(np.stack(a)) == multi_label_decisions(np.stack(b))
+        return int(same.sum()), same.size
+    if info.type == "sequence_classification":
+        same = np.argmax(np.stack(a), -1) == np.argmax(np.stack(b), -1)
+        return int(same.sum()), same.size
+    agree = total = 0
+    for labels, x, y in zip(split.labels, a, b, strict=True):
+        keep = np.asarray(labels) != IGNORE_INDEX
+        agree += int((np.argmax(x, -1)[keep] == np.argmax(y, -1)[keep]).sum())
+        total += int(keep.sum())
+    return agree, total
 
 
 def fp32_parity(model: MultiTaskModel, onnx: OnnxForward, tasks: list[TaskData], pad_id: int) -> float:

@@ -13,6 +13,7 @@ from distill.data import TaskData, encode_tasks, fingerprint, load_tasks
 from distill.demo_assets import demo_model_path
 from distill.errors import DistillInputError
 from distill.fileio import atomic_write_json, read_json, sha256_dir, sha256_json
+from distill.processes import is_main_process, wait_for_everyone
 from distill.recipe import Recipe
 from distill.tokenizer import load_tokenizer
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 STAGES = ("teacher", "cache", "train", "export", "bench")
 STATE_DIR = ".distill"
+CHECKPOINTS_DIR = "checkpoints"
 
 
 @dataclass
@@ -31,6 +33,7 @@ class RunState:
     recipe: Recipe
     out_dir: Path
     force: bool | str = False
+    resume: bool = False
     tasks: list[TaskData] = field(default_factory=list)
     tokenizer: Any = None
     teacher_dir: Path | None = None
@@ -44,11 +47,15 @@ class RunState:
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id or 0)
 
-    def run_stage(self, name: str, input_hash: str | None, outputs: list[Path], body: Callable[[], object]) -> None:
+    def run_stage(self, name: str, input_hash: str | None, outputs: list[Path], body: Callable[[], object],
+                  every_process: bool = False) -> None:
         """Run `body` unless a record says it already ran on the same inputs and its outputs exist.
 
         With `input_hash` None the body always runs and says itself whether it found its result already made
-        (returns True: a content-addressed cache hit)."""
+        (returns True: a content-addressed cache hit). Under several processes (torchrun, accelerate launch)
+        only the main one runs the body, unless `every_process` (training); every process waits for the stage
+        to end, and only the main one writes records."""
+        main = is_main_process()
         record_path = self.out_dir / STATE_DIR / "stages" / f"{name.replace(':', '-')}.json"
         started = time.perf_counter()
         record = read_json(record_path) if record_path.is_file() else {}
@@ -58,16 +65,22 @@ class RunState:
             status = "cached"
         else:
             log.info("stage %s: running", name)
-            result = body()
+            result = body() if main or every_process else None
             status = "cached" if input_hash is None and result is True else "ran"
-            atomic_write_json(record_path, {"input_hash": input_hash, "finished": time.time()})
+            if main:
+                atomic_write_json(record_path, {"input_hash": input_hash, "finished": time.time()})
+        wait_for_everyone()
         self.stages.append({"name": name, "status": status, "seconds": round(time.perf_counter() - started, 3)})
         log.info("stage %s: %s (%.1fs)", name, status, self.stages[-1]["seconds"])
         self.write_run_json()
 
+    def run_json(self) -> dict:
+        """What run.json holds: the stages so far and their total time."""
+        return {"stages": self.stages, "seconds": round(sum(s["seconds"] for s in self.stages), 3)}
+
     def write_run_json(self) -> None:
-        atomic_write_json(self.out_dir / "run.json",
-                          {"stages": self.stages, "seconds": round(sum(s["seconds"] for s in self.stages), 3)})
+        if is_main_process():
+            atomic_write_json(self.out_dir / "run.json", self.run_json())
 
 
 def _teacher_source(recipe: Recipe) -> Path | str:
@@ -83,10 +96,10 @@ def _teacher_source(recipe: Recipe) -> Path | str:
     return recipe.resolve(spec.base_model)
 
 
-def prepare(recipe: Recipe, out_dir: Path, force: bool | str = False) -> RunState:
+def prepare(recipe: Recipe, out_dir: Path, force: bool | str = False, resume: bool = False) -> RunState:
     """Load and tokenise the data, and set up the run state."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = RunState(recipe, out_dir, force)
+    state = RunState(recipe, out_dir, force, resume)
     source = _teacher_source(recipe)
     state.tokenizer = load_tokenizer(source, recipe.teacher.trust_remote_code)
     state.tasks = load_tasks(recipe)
@@ -102,14 +115,23 @@ def stage_teacher(state: RunState) -> None:
     if recipe.teacher.path:
         state.teacher_dir = Path(source)
         _check_teacher_tasks(state.teacher_dir, state.tasks)
-        state.run_stage("teacher", None, [], lambda: True)
+        state.run_stage("teacher", None, [], lambda: True, every_process=True)
         return
     state.teacher_dir = state.out_dir / "teacher"
     inputs = {"teacher": recipe.teacher.model_dump(), "base": str(source), "data": fingerprint(state.tasks),
-              "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks]}
+              "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks], **_training_inputs(recipe)}
     state.run_stage("teacher", sha256_json(inputs), [state.teacher_dir / "heads.safetensors"],
                     lambda: fine_tune_teacher(recipe, state.tasks, str(source), state.tokenizer, state.teacher_dir,
-                                              state.out_dir / "logs" / "teacher.jsonl"))
+                                              state.out_dir / "logs" / "teacher.jsonl",
+                                              state.out_dir / CHECKPOINTS_DIR / "teacher", state.resume),
+                    every_process=True)
+
+
+def _training_inputs(recipe: Recipe) -> dict:
+    """The training: settings that change a trained model (nothing when all are defaults, so the stage hashes of
+    recipes without a training: section stay as they were)."""
+    changed = recipe.training.model_dump(exclude_defaults=True, exclude={"tensorboard", "checkpoint_every_steps"})
+    return {"training": changed} if changed else {}
 
 
 def _check_teacher_tasks(teacher_dir: Path, tasks: list[TaskData]) -> None:
@@ -146,10 +168,10 @@ def stage_cache(state: RunState) -> None:
                                                     .trust_remote_code).num_hidden_layers)
     hidden, qkv = needed_teacher_layers(config, state.recipe.students, teacher_layers)
     result = {}
+    # qkv_layers only when asked for, so a cache without query/key/value storage still serves the rest.
+    extra = {"qkv_layers": qkv} if qkv else {}
 
     def body() -> bool:
-        # qkv_layers only when asked for, so a cache without query/key/value storage still serves the rest.
-        extra = {"qkv_layers": qkv} if qkv else {}
         built = build_cache(state.teacher_dir, state.tasks, config.hidden_layers + hidden, **extra)
         result["value"] = built
         atomic_write_json(state.out_dir / "cache.json", built.to_json())
@@ -157,6 +179,8 @@ def stage_cache(state: RunState) -> None:
 
     # The cache entry is content-addressed: the stage always asks it, and a hit is reported as cached.
     state.run_stage("cache", None, [], body)
+    if "value" not in result:  # a process other than the main one: the entry is complete now
+        result["value"] = build_cache(state.teacher_dir, state.tasks, config.hidden_layers + hidden, **extra)
     state.cache = TeacherCache(result["value"].path)
     state.source_key = state.cache.manifest["key"]
 
@@ -186,11 +210,13 @@ def stage_train(state: RunState, only: list[str] | None) -> None:
             continue
         inputs = {"cache": state.source_key, "student": spec.model_dump(),
                   "distillation": recipe.distillation.model_dump(), "seed": recipe.seed,
-                  "weights": [t.weight for t in recipe.tasks]}
+                  "weights": [t.weight for t in recipe.tasks], **_training_inputs(recipe)}
         state.run_stage(f"train:{spec.name}", sha256_json(inputs), [directory / "heads.safetensors"],
                         lambda spec=spec, directory=directory: train_student(
                             recipe, state.tasks, state.teacher_dir, _training_source(state), spec, state.tokenizer,
-                            directory, state.out_dir / "logs" / f"student-{spec.name}.jsonl"))
+                            directory, state.out_dir / "logs" / f"student-{spec.name}.jsonl",
+                            state.out_dir / CHECKPOINTS_DIR / f"student-{spec.name}", state.resume),
+                        every_process=True)
 
 
 def stage_export(state: RunState) -> None:
@@ -226,16 +252,17 @@ def stage_bench(state: RunState) -> None:
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, until: str = "bench", students: list[str] | None = None,
-               force: bool | str = False) -> dict:
+               force: bool | str = False, resume: bool = False) -> dict:
     """Run the stages of `recipe` up to and including `until`; returns the content of run.json.
 
-    `force=True` reruns every stage; a stage name (e.g. "bench") reruns only that stage."""
+    `force=True` reruns every stage; a stage name (e.g. "bench") reruns only that stage. `resume=True`
+    continues an interrupted teacher or student training from its newest checkpoint."""
     if until not in STAGES:
         raise DistillInputError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
     unknown = set(students or []) - {s.name for s in recipe.students}
     if unknown:
         raise DistillInputError(f"--student: no student named {sorted(unknown)} in the recipe")
-    state = prepare(recipe, Path(out_dir), force)
+    state = prepare(recipe, Path(out_dir), force, resume)
     last = STAGES.index(until)
     stage_teacher(state)
     if last >= 1:
@@ -247,4 +274,4 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, until: str = "bench", studen
     if last >= 4:
         stage_bench(state)
     state.write_run_json()
-    return read_json(state.out_dir / "run.json")
+    return state.run_json()

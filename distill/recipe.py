@@ -11,8 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distill.errors import DistillInputError
 from distill.fileio import check_name
 
-TaskType = Literal["sequence_classification", "token_classification"]
+TaskType = Literal["sequence_classification", "token_classification", "multi_label_classification", "regression"]
 SPLITS = ("train", "dev", "test")
+# The metrics each task type can use as its primary metric; the first is the default.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "sequence_classification": ("accuracy", "macro_f1"),
+    "token_classification": ("entity_f1",),
+    "multi_label_classification": ("micro_f1", "macro_f1"),
+    "regression": ("pearson", "spearman"),
+}
 
 
 class Strict(BaseModel):
@@ -53,8 +60,12 @@ class TaskSpec(Strict):
     )
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     limit: dict[str, int] | None = Field(default=None, description="at most this many examples per split")
-    metric: Literal["accuracy", "macro_f1", "entity_f1"] | None = None
+    metric: Literal["accuracy", "macro_f1", "entity_f1", "micro_f1", "pearson", "spearman"] | None = Field(
+        default=None, description="the primary metric; default by type (see TASK_METRICS)")
     weight: float = Field(default=1.0, gt=0, description="this task's share of the loss")
+    label_separator: str = Field(
+        default=",", min_length=1,
+        description="multi_label_classification: separates the label names when a label cell is one string")
 
     @field_validator("name")
     @classmethod
@@ -70,10 +81,11 @@ class TaskSpec(Strict):
 
     @model_validator(mode="after")
     def _metric(self) -> TaskSpec:
+        allowed = TASK_METRICS[self.type]
         if self.metric is None:
-            self.metric = "entity_f1" if self.type == "token_classification" else "accuracy"
-        if (self.metric == "entity_f1") != (self.type == "token_classification"):
-            raise ValueError(f"metric {self.metric!r} does not fit task type {self.type!r}")
+            self.metric = allowed[0]
+        if self.metric not in allowed:
+            raise ValueError(f"metric {self.metric!r} does not fit task type {self.type!r}; use one of {allowed}")
         return self
 
 
@@ -234,6 +246,37 @@ class DistillationSpec(Strict):
         return [StageSpec(name="distill", epochs=self.epochs, losses=losses)]
 
 
+class SamplingSpec(Strict):
+    """How one epoch mixes batches of several tasks."""
+
+    strategy: Literal["proportional", "temperature", "round_robin"] = Field(
+        default="proportional",
+        description="proportional: every example once per epoch; temperature: task i drawn with probability "
+                    "∝ n_i^(1/temperature); round_robin: the tasks in turn (the last two keep the epoch's length)")
+    temperature: float = Field(default=2.0, gt=0, description="T of the temperature strategy (1 = proportional)")
+
+
+class TrainingSpec(Strict):
+    """The training engine, shared by the teacher fine-tuning and every student."""
+
+    sampling: SamplingSpec = SamplingSpec()
+    uncertainty_weighting: bool = Field(
+        default=False, description="learn a log-variance s_t per task: loss = exp(-s_t)·L_t + s_t (Kendall et al.)")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="batches summed into one optimiser step")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        default="no", description="autocast on GPU (ignored on CPU, with a log line)")
+    checkpoint_every_steps: int | None = Field(
+        default=None, gt=0, description="also checkpoint every N optimiser steps (there is one at each epoch end)")
+    early_stopping_patience: int | None = Field(
+        default=None, gt=0, description="stop after this many epochs without a better dev score")
+    tensorboard: bool = Field(default=False, description="also write TensorBoard event files under logs/tensorboard")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML reads a bare `no` as false
+
+
 class ExportSpec(Strict):
     """What the exporter writes and how strictly it checks it."""
 
@@ -286,6 +329,7 @@ class Recipe(Strict):
     teacher: TeacherSpec
     students: list[StudentSpec] = Field(min_length=1)
     distillation: DistillationSpec = DistillationSpec()
+    training: TrainingSpec = TrainingSpec()
     export: ExportSpec = ExportSpec()
     bench: BenchSpec = BenchSpec()
     base_dir: Path = Field(default=Path("."), exclude=True, description="where relative paths start")

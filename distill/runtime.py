@@ -11,6 +11,7 @@ import numpy as np
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int8-static": "model.int8-static.onnx"}
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+MULTI_LABEL_THRESHOLD = 0.5
 
 
 def output_name(task: str) -> str:
@@ -106,7 +107,9 @@ class Predictor:
         self.batch_size = batch_size
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        """For each text: {task: {"label", "score"}} or {task: [{"label", "start", "end", "text", "score"}]}."""
+        """For each text, per task: {"label", "score"} (classification), [{"label", "start", "end", "text",
+        "score"}] (token tagging), [{"label", "score"}] with every label scored above 0.5 (multi-label), or
+        {"value"} (regression)."""
         results: list[dict[str, Any]] = []
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start : start + self.batch_size]
@@ -121,14 +124,24 @@ class Predictor:
             for row, (text, enc) in enumerate(zip(chunk, encodings, strict=True)):
                 item: dict[str, Any] = {}
                 for task in self.tasks:
-                    probs = _softmax(outputs[task["name"]][row])
-                    if task["type"] == "sequence_classification":
-                        best = int(np.argmax(probs))
-                        item[task["name"]] = {"label": task["labels"][best], "score": float(probs[best])}
-                    else:
-                        item[task["name"]] = _entities(text, enc, probs[: len(enc.ids)], task["labels"])
+                    item[task["name"]] = _task_prediction(task, outputs[task["name"]][row], text, enc)
                 results.append(item)
         return results
+
+
+def _task_prediction(task: dict[str, Any], logits: np.ndarray, text: str, enc: Any) -> Any:
+    """One task's prediction for one text, from its logits row."""
+    if task["type"] == "regression":
+        return {"value": float(np.ravel(logits)[0])}
+    if task["type"] == "multi_label_classification":
+        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        chosen = sorted((i for i in range(len(probs)) if probs[i] > MULTI_LABEL_THRESHOLD), key=lambda i: -probs[i])
+        return [{"label": task["labels"][i], "score": float(probs[i])} for i in chosen]
+    probs = _softmax(logits)
+    if task["type"] == "sequence_classification":
+        best = int(np.argmax(probs))
+        return {"label": task["labels"][best], "score": float(probs[best])}
+    return _entities(text, enc, probs[: len(enc.ids)], task["labels"])
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

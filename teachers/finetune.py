@@ -12,7 +12,7 @@ from distill.batching import Batch
 from distill.data import TaskData
 from distill.evaluation import evaluate, primary_scores, torch_forward
 from distill.fileio import atomic_directory
-from distill.losses import cross_entropy
+from distill.losses import task_losses
 from distill.metrics import mean_score
 from distill.recipe import Recipe
 from distill.training import TrainSettings, TrainSummary, seed_everything, train_loop
@@ -22,18 +22,22 @@ log = logging.getLogger(__name__)
 
 
 def fine_tune_teacher(recipe: Recipe, tasks: list[TaskData], base_model: str, tokenizer, out_dir: Path,
-                      log_path: Path) -> TrainSummary:
-    """Fine-tune `base_model` with one head per task and save the best (dev) teacher to `out_dir`."""
+                      log_path: Path, checkpoint_dir: Path | None = None, resume: bool = False) -> TrainSummary:
+    """Fine-tune `base_model` with one head per task and save the best (dev) teacher to `out_dir`.
+
+    Checkpoints go to `checkpoint_dir` (when given); `resume` continues from the newest one there."""
     spec = recipe.teacher
     seed_everything(recipe.seed)
     encoder = AutoModel.from_pretrained(base_model, trust_remote_code=spec.trust_remote_code)
     model = MultiTaskModel(encoder, [t.info for t in tasks])
     weights = {t.name: t.weight for t in recipe.tasks}
+    types = {t.info.name: t.info.type for t in tasks}
     pad_id = int(tokenizer.pad_token_id or 0)
 
     def loss_fn(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         out = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask), task=batch.task)
-        return weights[batch.task] * cross_entropy(out.logits[batch.task], torch.from_numpy(batch.labels))
+        gold, _ = task_losses(types[batch.task], out.logits[batch.task], torch.from_numpy(batch.labels))
+        return weights[batch.task] * gold
 
     def evaluate_fn(model: torch.nn.Module) -> tuple[float, dict]:
         metrics = evaluate(torch_forward(model), tasks, "dev", pad_id, desc="teacher dev")
@@ -43,6 +47,7 @@ def fine_tune_teacher(recipe: Recipe, tasks: list[TaskData], base_model: str, to
         with atomic_directory(out_dir) as tmp:
             model.save(tmp, tokenizer)
 
-    settings = TrainSettings(spec.epochs, spec.batch_size, spec.learning_rate, spec.warmup_ratio, recipe.seed)
+    settings = TrainSettings.from_recipe(recipe, "teacher")
     train = {t.info.name: t.encoded["train"] for t in tasks}
-    return train_loop(model, train, pad_id, loss_fn, evaluate_fn, save_fn, settings, log_path, "teacher")
+    return train_loop(model, train, pad_id, loss_fn, evaluate_fn, save_fn, settings, log_path, "teacher",
+                      checkpoint_dir, resume)

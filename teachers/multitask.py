@@ -32,7 +32,9 @@ class ModelOutputs:
 
 
 class MultiTaskModel(nn.Module):
-    """Shared encoder + one head per task (first token for sequence tasks, every token for token tasks)."""
+    """Shared encoder + one head per task (first token for sequence-level tasks, every token for token tasks).
+
+    A head has one output per label (sigmoid ones for multi-label tasks), or a single one for regression."""
 
     def __init__(self, encoder: PreTrainedModel, tasks: list[TaskInfo], dropout: float = 0.1):
         super().__init__()
@@ -40,7 +42,7 @@ class MultiTaskModel(nn.Module):
         self.tasks = {t.name: t for t in tasks}
         self.dropout = nn.Dropout(dropout)
         hidden = encoder.config.hidden_size
-        self.heads = nn.ModuleDict({t.name: nn.Linear(hidden, len(t.labels)) for t in tasks})
+        self.heads = nn.ModuleDict({t.name: nn.Linear(hidden, t.num_outputs) for t in tasks})
 
     @property
     def num_layers(self) -> int:
@@ -55,7 +57,7 @@ class MultiTaskModel(nn.Module):
         names = [task] if task else list(self.heads)
         logits = {}
         for name in names:
-            features = sequence[:, 0] if self.tasks[name].type == "sequence_classification" else sequence
+            features = sequence if self.tasks[name].token_level else sequence[:, 0]
             logits[name] = self.heads[name](features)
         return ModelOutputs(logits, out.hidden_states if output_hidden_states else None, attention_mask)
 

@@ -21,7 +21,7 @@ def test_valid_recipe_loads_with_defaults(recipe_file):
         (lambda r: r["distillation"].update(tempreature=3), "distillation.tempreature: unknown key"),
         (lambda r: r["distillation"].update(epochs="many"), "distillation.epochs"),
         (lambda r: r["students"][0].update(layers=0), "students.0.layers"),
-        (lambda r: r["tasks"][0].update(type="regression"), "tasks.0.type"),
+        (lambda r: r["tasks"][0].update(type="ranking"), "tasks.0.type"),
         (lambda r: r["tasks"][0]["source"].update(hub="glue"), "give exactly one of 'demo', 'files' or 'hub'"),
         (lambda r: r["teacher"].update(path="/x"), "give exactly one of 'base_model'"),
         (lambda r: r["students"].append({"name": "s2", "layers": 1}), "duplicate name"),

@@ -1,0 +1,52 @@
+"""Two training processes over gloo (CPU), started by `accelerate launch`, against a one-process run."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_processes_train_and_save_like_one(trained_run, tmp_path):
+    recipe = yaml.safe_load((trained_run / "recipe.yaml").read_text())
+    # checkpoints gather every process's random state; uncertainty weights are all-reduced by hand
+    recipe["training"] = {"checkpoint_every_steps": 3, "uncertainty_weighting": True}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+    # --multi_gpu is accelerate's torchrun launcher; without a GPU the processes train on the CPU over gloo
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "distill.cli", "train", str(path), "--out", str(out)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    run = json.loads(done.stdout)  # printed by the main process only
+    assert [s["name"] for s in run["stages"]] == ["teacher", "cache", "train:s2"]
+    assert (out / "students" / "s2" / "heads.safetensors").is_file()
+    assert (out / "teacher" / "heads.safetensors").is_file()
+    assert not (out / "checkpoints" / "teacher").exists() and not (out / "checkpoints" / "student-s2").exists()
+
+    single_teacher = _log(trained_run / "out" / "logs" / "teacher.jsonl")
+    teacher = _log(out / "logs" / "teacher.jsonl")
+    assert [r["epoch"] for r in teacher] == [1, 2, 3, 4], "one line per epoch, from the main process only"
+    assert [2 * r["step"] for r in teacher] == [r["step"] for r in single_teacher], "each process takes half"
+    single = _log(trained_run / "out" / "logs" / "student-s2.jsonl")[-1]
+    student = _log(out / "logs" / "student-s2.jsonl")[-1]
+    assert set(student["dev"]) == {"sentiment", "ner"} and set(student["task_weights"]) == {"sentiment", "ner"}
+    assert abs(student["dev_score"] - single["dev_score"]) < 0.25, (student["dev_score"], single["dev_score"])
