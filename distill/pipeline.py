@@ -31,6 +31,7 @@ class RunState:
     tasks: list[TaskData] = field(default_factory=list)
     tokenizer: Any = None
     teacher_dir: Path | None = None
+    teacher_checkpoints: dict[str, Path] | None = None
     cache: Any = None
     student_dirs: dict[str, Path] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
@@ -66,8 +67,19 @@ class RunState:
                           {"stages": self.stages, "seconds": round(sum(s["seconds"] for s in self.stages), 3)})
 
 
+def _per_task_checkpoints(recipe: Recipe) -> dict[str, Path]:
+    """Each task's fine-tuned checkpoint as a local directory, in the recipe's task order."""
+    from teachers.per_task import resolve_checkpoint
+
+    assert recipe.teacher.per_task is not None
+    return {t.name: resolve_checkpoint(recipe.resolve(recipe.teacher.per_task[t.name])) for t in recipe.tasks}
+
+
 def _teacher_source(recipe: Recipe) -> Path | str:
+    """Where the tokenizer (and the students' starting weights) come from."""
     spec = recipe.teacher
+    if spec.per_task:
+        return next(iter(_per_task_checkpoints(recipe).values()))
     if spec.path:
         path = Path(recipe.resolve(spec.path))
         if not path.is_dir():
@@ -94,6 +106,10 @@ def stage_teacher(state: RunState) -> None:
     from teachers.finetune import fine_tune_teacher
 
     recipe = state.recipe
+    if recipe.teacher.per_task:
+        state.teacher_dir = state.out_dir / "teacher"
+        _stage_per_task_teacher(state)
+        return
     source = _teacher_source(recipe)
     if recipe.teacher.path:
         state.teacher_dir = Path(source)
@@ -101,11 +117,27 @@ def stage_teacher(state: RunState) -> None:
         state.run_stage("teacher", None, [], lambda: True)
         return
     state.teacher_dir = state.out_dir / "teacher"
-    inputs = {"teacher": recipe.teacher.model_dump(), "base": str(source), "data": fingerprint(state.tasks),
-              "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks]}
+    # per_task is left out: a base_model teacher's input hash stays what it was before per_task existed
+    inputs = {"teacher": recipe.teacher.model_dump(exclude={"per_task"}), "base": str(source),
+              "data": fingerprint(state.tasks), "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks]}
     state.run_stage("teacher", sha256_json(inputs), [state.teacher_dir / "heads.safetensors"],
                     lambda: fine_tune_teacher(recipe, state.tasks, str(source), state.tokenizer, state.teacher_dir,
                                               state.out_dir / "logs" / "teacher.jsonl"))
+
+
+def _stage_per_task_teacher(state: RunState) -> None:
+    """Check the per-task checkpoints; save the students' starting point (first encoder + heads) as the teacher."""
+    from teachers.per_task import assemble_init_model, check_per_task
+
+    recipe = state.recipe
+    checkpoints = _per_task_checkpoints(recipe)
+    check_per_task(checkpoints, state.tasks, recipe.teacher.trust_remote_code)
+    state.teacher_checkpoints = checkpoints
+    inputs = {"per_task": {name: sha256_dir(path) for name, path in checkpoints.items()},
+              "data": fingerprint(state.tasks), "seed": recipe.seed}
+    state.run_stage("teacher", sha256_json(inputs), [state.teacher_dir / "heads.safetensors"],
+                    lambda: assemble_init_model(checkpoints, state.tasks, state.tokenizer, state.teacher_dir,
+                                                recipe.teacher.trust_remote_code, recipe.seed))
 
 
 def _check_teacher_tasks(teacher_dir: Path, tasks: list[TaskData]) -> None:
@@ -128,17 +160,24 @@ def stage_cache(state: RunState) -> None:
     from distill.cache import TeacherCache
     from teachers.runner import build_cache
 
-    result = {}
+    recipe, result = state.recipe, {}
+    spec = recipe.cache
 
     def body() -> bool:
-        built = build_cache(state.teacher_dir, state.tasks, state.recipe.distillation.hidden_layers)
+        built = build_cache(state.teacher_checkpoints or state.teacher_dir, state.tasks,
+                            recipe.distillation.hidden_layers, qkv_layers=spec.attention_layers, dtype=spec.dtype,
+                            shard_size=spec.shard_size, batch_size=spec.batch_size, top_k=spec.top_k,
+                            split_seed=recipe.seed, max_length=recipe.max_length,
+                            truncation=state.tokenizer.truncation_side,
+                            trust_remote_code=recipe.teacher.trust_remote_code)
         result["value"] = built
         atomic_write_json(state.out_dir / "cache.json", built.to_json())
         return built.hit
 
     # The cache entry is content-addressed: the stage always asks it, and a hit is reported as cached.
     state.run_stage("cache", None, [], body)
-    state.cache = TeacherCache(result["value"].path)
+    # build_cache has just checked every shard's sha256 (hit) or written them (miss)
+    state.cache = TeacherCache(result["value"].path, verify=False)
 
 
 def stage_train(state: RunState, only: list[str] | None) -> None:
