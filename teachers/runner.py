@@ -108,8 +108,10 @@ class _Processes:
         self.state = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from accelerate import PartialState
+            from accelerate.utils import parse_flag_from_env
 
-            self.state = PartialState()
+            # without cpu=True accelerate does not take torchrun processes on a machine without a GPU as one group
+            self.state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
         self.rank = self.state.process_index if self.state else 0
         self.world = self.state.num_processes if self.state else 1
         self.device = self.state.device if self.state else torch.device("cpu")
