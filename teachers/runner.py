@@ -83,6 +83,19 @@ class _ShardJob:
         return shard_name(self.task.info.name, self.split, self.index)
 
 
+@dataclass
+class _Contents:
+    """What goes into every shard, and how the teacher is run to get it."""
+
+    layers: list[int]
+    attention: list[int]
+    dtype: torch.dtype
+    top_ks: dict[str, int | None]
+    batch_size: int
+    pad_id: int
+    device: torch.device
+
+
 class TaskTeacher:
     """One task's teacher as the runner drives it: logits in the task's label order, and hidden states."""
 
@@ -202,6 +215,8 @@ def build_cache(teacher: Teacher, tasks: list[TaskData], hidden_layers: Sequence
 
     path.mkdir(parents=True, exist_ok=True)
     top_ks = {t.info.name: _task_top_k(top_k, len(t.info.labels)) for t in tasks}
+    contents = _Contents(layers, attention, DTYPES[dtype], top_ks, batch_size, int(config.pad_token_id or 0),
+                         processes.device)
     jobs = [_ShardJob(task, split_name, index, start, min(shard_size, len(split) - start))
             for task in tasks for split_name, split in task.encoded.items()
             for index, start in enumerate(range(0, len(split), shard_size))]
@@ -210,31 +225,31 @@ def build_cache(teacher: Teacher, tasks: list[TaskData], hidden_layers: Sequence
     started = time.perf_counter()
     mine = [jobs[i] for i in todo if i % processes.world == processes.rank]
     if mine:
-        teachers = load_teachers(teacher, tasks, trust_remote_code)
-        for task_teacher in {id(t.model): t for t in teachers.values()}.values():
-            task_teacher.model.to(processes.device)
-        pad_id = int(config.pad_token_id or 0)
-        with progress(total=sum(job.count for job in mine), desc="teacher cache", unit="ex") as bar:
-            for job in mine:
-                tensors = _run_shard(teachers[job.task.info.name], job, layers, attention, DTYPES[dtype], pad_id,
-                                     batch_size, top_ks[job.task.info.name], processes.device)
-                atomic_save_safetensors(path / job.file, tensors)
-                bar.update(job.count)
+        _build_shards(load_teachers(teacher, tasks, trust_remote_code), mine, path, contents)
     processes.wait()
     seconds = time.perf_counter() - started
     built = sum(jobs[i].count for i in todo)
     if processes.rank == 0:
         manifest = {"format": inputs["format"], "key": key, "inputs": inputs, "dtype": dtype, "shard_size": shard_size,
                     "hidden_layers": layers, "qkv_layers": attention, "hidden_size": config.hidden_size,
-                    "attention_heads": config.num_attention_heads, "tasks": _task_entries(tasks, jobs, path, top_ks)}
-        manifest["shards"] = len(jobs)
-        manifest["examples"] = examples
-        manifest["build"] = {"processes": processes.world, "examples_built": built, "seconds": round(seconds, 3)}
+                    "attention_heads": config.num_attention_heads,
+                    "tasks": _task_entries(tasks, jobs, path, top_ks), "shards": len(jobs),
+                    "examples": examples,
+                    "build": {"processes": processes.world, "examples_built": built, "seconds": round(seconds, 3)}}
         atomic_write_json(manifest_path, manifest)
     processes.wait()
     rate = built / seconds if built and seconds > 0 else None
     log.info("teacher cache %s: %d of %d shards built in %.1fs", key[:12], len(todo), len(jobs), seconds)
     return CacheResult(path, key, False, len(jobs), entry_size_bytes(path), examples, rate)
+
+
+def _build_shards(teachers: dict[str, TaskTeacher], jobs: list[_ShardJob], path: Path, contents: _Contents) -> None:
+    for task_teacher in {id(t.model): t for t in teachers.values()}.values():
+        task_teacher.model.to(contents.device)
+    with progress(total=sum(job.count for job in jobs), desc="teacher cache", unit="ex") as bar:
+        for job in jobs:
+            atomic_save_safetensors(path / job.file, _run_shard(teachers[job.task.info.name], job, contents))
+            bar.update(job.count)
 
 
 def _task_top_k(top_k: int | None, classes: int) -> int | None:
@@ -265,11 +280,11 @@ def _complete(file: Path, count: int) -> bool:
 
 def _task_entries(tasks: list[TaskData], jobs: list[_ShardJob], path: Path, top_ks: dict[str, int | None]) -> dict:
     entries = {t.info.name: {"type": t.info.type, "classes": len(t.info.labels), "top_k": top_ks[t.info.name],
-                             "splits": {}} for t in tasks}
+                             "splits": {name: {"examples": len(split), "shards": []}
+                                        for name, split in t.encoded.items()}} for t in tasks}
     for job in jobs:
         split = job.task.encoded[job.split]
-        splits = entries[job.task.info.name]["splits"]
-        record = splits.setdefault(job.split, {"examples": len(split), "shards": []})
+        record = entries[job.task.info.name]["splits"][job.split]
         tokens = int(sum(len(ids) for ids in split.input_ids[job.start : job.start + job.count]))
         record["shards"].append({"file": job.file, "sha256": sha256_file(path / job.file),
                                  "bytes": (path / job.file).stat().st_size, "start": job.start, "count": job.count,
@@ -277,10 +292,11 @@ def _task_entries(tasks: list[TaskData], jobs: list[_ShardJob], path: Path, top_
     return entries
 
 
-def _run_shard(teacher: TaskTeacher, job: _ShardJob, layers: list[int], attention: list[int], dtype: torch.dtype,
-               pad_id: int, batch_size: int, top_k: int | None, device: torch.device) -> dict[str, torch.Tensor]:
+def _run_shard(teacher: TaskTeacher, job: _ShardJob, contents: _Contents) -> dict[str, torch.Tensor]:
     """Teacher outputs for one shard's examples, real tokens only, in example order."""
     name = job.task.info.name
+    layers, attention, dtype, device = contents.layers, contents.attention, contents.dtype, contents.device
+    top_k = contents.top_ks[name]
     token_level = job.task.info.type == "token_classification"
     split = job.task.encoded[job.split]
     sub = EncodedSplit(split.input_ids[job.start : job.start + job.count],
@@ -289,8 +305,8 @@ def _run_shard(teacher: TaskTeacher, job: _ShardJob, layers: list[int], attentio
     hidden: dict[int, list] = {layer: [None] * job.count for layer in layers}
     qkv: dict[int, list[list]] = {layer: [[None] * job.count for _ in QKV_PARTS] for layer in attention}
     with torch.inference_mode(), capture_qkv(teacher.layers, attention) as captured:
-        for indices in eval_batches(sub, batch_size):
-            batch = pad_batch(name, sub, indices, pad_id)
+        for indices in eval_batches(sub, contents.batch_size):
+            batch = pad_batch(name, sub, indices, contents.pad_id)
             task_logits, states = teacher(torch.from_numpy(batch.input_ids).to(device),
                                           torch.from_numpy(batch.attention_mask).to(device), bool(layers))
             for row, i in enumerate(indices):
