@@ -1,15 +1,23 @@
-"""The teacher cache: per-task logits and hidden states in fixed-size safetensors shards.
+"""The teacher cache: per-task logits, hidden states and attention projections in fixed-size safetensors shards.
 
 Layout of one entry, `<cache root>/teacher-cache/<key>/`:
-  manifest.json                          key inputs, dtype, layers, shards with sha256 and counts
-  <task>.<split>.<NNNNN>.safetensors     `logits` [rows, C] (rows = examples, or real tokens for token
-                                         tasks), `offsets` [n+1] token offsets, `hidden.<layer>` [tokens, H]
-Only real tokens are stored, never padding. Shards are written atomically, so a killed build resumes
-from the last complete shard. Reads are memory-mapped.
+  manifest.json                          key inputs, dtype, layers, shapes, counts, every shard's sha256
+  <task>.<split>.<NNNNN>.safetensors     one shard of `shard_size` examples:
+      offsets              [n+1]      int64, token offsets of the examples (rows of the token tensors)
+      logits               [rows, C]  rows = examples (sequence tasks) or real tokens (token tasks); or, with top-k,
+      logits.values        [rows, k]  the k largest logits and
+      logits.indices       [rows, k]  their classes
+      hidden.<l>           [tokens, H] hidden state l (0 = embeddings, 1 = first transformer layer)
+      qkv.<l>.query|key|value [tokens, H] the query/key/value projections of transformer layer l
+Only real tokens are stored, never padding. Attention probabilities are recomputed exactly from the cached
+query and key (`distill.attention.attention_probs`), which is far smaller than storing L×L maps. Shards are
+written atomically, so a killed build resumes from the last complete shard. Reads are memory-mapped, and
+every shard's sha256 is checked against the manifest when an entry is opened.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,8 +30,14 @@ from distill.demo_assets import cache_dir
 from distill.errors import DistillError
 from distill.fileio import read_json, sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+QKV_PARTS = ("query", "key", "value")
+# Top-k logits are kept only for label spaces larger than this; smaller ones are always stored whole.
+TOP_K_MIN_CLASSES = 64
+# Classes dropped by top-k come back this far below the row's smallest kept logit: softmax gives them
+# less than e^-100 of the mass at any temperature up to 100.
+TOP_K_GAP = 1e4
 
 
 def cache_root() -> Path:
@@ -33,6 +47,14 @@ def cache_root() -> Path:
 
 def shard_name(task: str, split: str, index: int) -> str:
     return f"{task}.{split}.{index:05d}.safetensors"
+
+
+def hidden_name(layer: int) -> str:
+    return f"hidden.{layer}"
+
+
+def qkv_name(layer: int, part: str) -> str:
+    return f"qkv.{layer}.{part}"
 
 
 @dataclass
@@ -51,7 +73,18 @@ class TeacherSource(Protocol):
     hidden_layers: list[int]
 
     def targets(self, task: str, split: str, indices: np.ndarray, width: int, token_level: bool,
-                layers: list[int], qkv_layers: list[int] = ()) -> TeacherTargets: ...
+                layers: list[int], qkv_layers: Sequence[int] = ()) -> TeacherTargets: ...
+
+
+class _Shard:
+    """One open (memory-mapped) shard file."""
+
+    def __init__(self, path: Path):
+        self.handle = safe_open(str(path), framework="pt")
+        self.offsets = self.handle.get_tensor("offsets").numpy()
+
+    def rows(self, name: str, start: int, end: int) -> torch.Tensor:
+        return self.handle.get_slice(name)[start:end]
 
 
 class TeacherCache:
@@ -63,60 +96,98 @@ class TeacherCache:
         if not manifest_path.is_file():
             raise DistillError(f"{self.path}: no teacher cache here (no {MANIFEST}); run `distill cache` first")
         self.manifest: dict[str, Any] = read_json(manifest_path)
+        if self.manifest.get("format") != FORMAT_VERSION:
+            raise DistillError(f"{manifest_path}: cache format {self.manifest.get('format')}, this distill reads "
+                               f"{FORMAT_VERSION}; run `distill cache` again")
         if verify:
             bad = corrupt_shards(self.path, self.manifest)
             if bad:
-                raise DistillError(f"teacher cache shard {bad[0]} is corrupt or truncated (sha256 mismatch); "
-                                   "run `distill cache` again to rebuild it")
+                raise DistillError(f"teacher cache shard {self.path / bad[0]} is missing, corrupt or truncated "
+                                   "(sha256 differs from manifest.json); run `distill cache` with the teacher to "
+                                   "rebuild it")
         self.shard_size = int(self.manifest["shard_size"])
         self.hidden_layers = [int(x) for x in self.manifest["hidden_layers"]]
-        self._handles: dict[str, Any] = {}
-        self._offsets: dict[str, np.ndarray] = {}
+        self.qkv_layers = [int(x) for x in self.manifest["qkv_layers"]]
+        self.attention_heads = int(self.manifest["attention_heads"])
+        self._shards: dict[str, _Shard] = {}
 
-    def _shard(self, name: str) -> tuple[Any, np.ndarray]:
-        if name not in self._handles:
-            handle = safe_open(str(self.path / name), framework="pt")
-            self._handles[name] = handle
-            self._offsets[name] = handle.get_tensor("offsets").numpy()
-        return self._handles[name], self._offsets[name]
+    def _shard(self, task: str, split: str, index: int) -> _Shard:
+        name = shard_name(task, split, index)
+        if name not in self._shards:
+            self._shards[name] = _Shard(self.path / name)
+        return self._shards[name]
+
+    def _check(self, task: str, split: str, layers: Sequence[int], qkv_layers: Sequence[int]) -> dict:
+        entry = self.manifest["tasks"].get(task)
+        if entry is None or split not in entry["splits"]:
+            raise DistillError(f"teacher cache {self.path} holds no {task}/{split}")
+        for wanted, cached, key in ((layers, self.hidden_layers, "distillation.hidden_layers"),
+                                    (qkv_layers, self.qkv_layers, "cache.attention_layers")):
+            missing = sorted(set(wanted) - set(cached))
+            if missing:
+                raise DistillError(f"teacher cache {self.path} has no layer(s) {missing} (it has {cached}); "
+                                   f"add them to {key}")
+        return entry
 
     def targets(self, task: str, split: str, indices: np.ndarray, width: int, token_level: bool,
-                layers: list[int]) -> TeacherTargets:
-        """Teacher logits (and the chosen hidden layers) for these examples, padded to `width` tokens."""
-        logits_rows, hidden_rows = [], {layer: [] for layer in layers}
+                layers: list[int], qkv_layers: Sequence[int] = ()) -> TeacherTargets:
+        """Teacher logits, the chosen hidden layers and query/key/value projections, padded to `width` tokens.
+
+        Top-k entries come back as dense logits (see `dense_logits`)."""
+        entry = self._check(task, split, layers, qkv_layers)
+        top_k = entry["top_k"]
+        logits_rows: list[torch.Tensor] = []
+        hidden_rows: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        qkv_rows: dict[int, list[list[torch.Tensor]]] = {layer: [[], [], []] for layer in qkv_layers}
         for i in np.asarray(indices).tolist():
-            handle, offsets = self._shard(shard_name(task, split, i // self.shard_size))
+            shard = self._shard(task, split, i // self.shard_size)
             local = i % self.shard_size
-            start, end = int(offsets[local]), int(offsets[local + 1])
-            logits_rows.append(handle.get_slice("logits")[start:end] if token_level else
-                               handle.get_slice("logits")[local : local + 1][0])
+            start, end = int(shard.offsets[local]), int(shard.offsets[local + 1])
+            first, last = (start, end) if token_level else (local, local + 1)
+            if top_k:
+                logits_rows.append(dense_logits(shard.rows("logits.values", first, last).float(),
+                                                shard.rows("logits.indices", first, last).long(), entry["classes"]))
+            else:
+                logits_rows.append(shard.rows("logits", first, last).float())
             for layer in layers:
-                hidden_rows[layer].append(handle.get_slice(f"hidden.{layer}")[start:end])
-        logits = _pad(logits_rows, width) if token_level else torch.stack(logits_rows)
-        return TeacherTargets(logits.float(), {k: _pad(v, width).float() for k, v in hidden_rows.items()})
+                hidden_rows[layer].append(shard.rows(hidden_name(layer), start, end))
+            for layer in qkv_layers:
+                for slot, part in enumerate(QKV_PARTS):
+                    qkv_rows[layer][slot].append(shard.rows(qkv_name(layer, part), start, end))
+        logits = _pad(logits_rows, width) if token_level else torch.cat(logits_rows)
+        return TeacherTargets(logits, {k: _pad(v, width) for k, v in hidden_rows.items()},
+                              {k: [_pad(rows, width) for rows in v] for k, v in qkv_rows.items()})
 
     def close(self) -> None:
-        self._handles.clear()
+        self._shards.clear()
+
+
+def dense_logits(values: torch.Tensor, indices: torch.Tensor, classes: int) -> torch.Tensor:
+    """Top-k logits back to [rows, classes]: each dropped class gets the row's smallest kept logit minus
+    TOP_K_GAP, so its softmax probability is ~0 and the kept classes share all the mass."""
+    fill = values.min(-1, keepdim=True).values - TOP_K_GAP
+    dense = fill.expand(values.shape[0], classes).clone()
+    return dense.scatter_(-1, indices, values)
 
 
 def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    out = torch.zeros((len(rows), width, rows[0].shape[-1]), dtype=rows[0].dtype)
+    out = torch.zeros((len(rows), width, rows[0].shape[-1]), dtype=torch.float32)
     for k, row in enumerate(rows):
         out[k, : row.shape[0]] = row
     return out
 
 
+def manifest_shards(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every shard record of a manifest."""
+    for task in manifest["tasks"].values():
+        for split in task["splits"].values():
+            yield from split["shards"]
+
+
 def corrupt_shards(path: Path, manifest: dict[str, Any]) -> list[str]:
     """Shard files that are missing or whose sha256 differs from the manifest."""
-    bad = []
-    for task in manifest["tasks"].values():
-        for split in task.values():
-            for shard in split["shards"]:
-                file = Path(path) / shard["file"]
-                if not file.is_file() or sha256_file(file) != shard["sha256"]:
-                    bad.append(shard["file"])
-    return bad
-
+    return [shard["file"] for shard in manifest_shards(manifest)
+            if not (Path(path) / shard["file"]).is_file() or sha256_file(Path(path) / shard["file"]) != shard["sha256"]]
 
 
 def entry_size_bytes(path: Path) -> int:

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         _recipe_args(cmd)
         if stage == "train":
             cmd.add_argument("--student", action="append", help="train only this student (repeatable)")
+        if stage == "cache":
+            cmd.add_argument("--json", action="store_true",
+                             help="print run.json plus the cache entry (DIR/cache.json) as JSON, not a summary")
 
     predict = sub.add_parser("predict", help="predict with an exported artifact (onnxruntime only)")
     predict.add_argument("artifact", type=Path, help="an artifact directory (DIR/artifacts/NAME)")
@@ -113,12 +116,25 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     cache = Path(args.out) / "cache.json"
     if args.command == "cache" and cache.is_file():
-        result = {**result, "cache": json.loads(cache.read_text(encoding="utf-8"))}
+        entry = json.loads(cache.read_text(encoding="utf-8"))
+        print(json.dumps({**result, "cache": entry}, indent=2) if args.json else "\n".join(_cache_summary(entry)))
+        return 0
     print(json.dumps(result, indent=2))
     report = Path(args.out) / "report.md"
     if args.command in ("run", "demo", "bench") and report.is_file():
         print(report.read_text(encoding="utf-8"))
     return 0
+
+
+def _cache_summary(entry: dict) -> list[str]:
+    rate = f"{entry['examples_per_s']:,.1f} examples/s" if entry["examples_per_s"] else "nothing to run"
+    return [
+        f"teacher cache: {'hit' if entry['hit'] else 'miss'} ({rate})",
+        f"  key      {entry['key']}",
+        f"  path     {entry['path']}",
+        f"  shards   {entry['shards']} for {entry['examples']:,} examples",
+        f"  on disk  {entry['bytes']:,} bytes ({entry['bytes_per_1000_examples']:,} per 1,000 examples)",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ class RunState:
     tasks: list[TaskData] = field(default_factory=list)
     tokenizer: Any = None
     teacher_dir: Path | None = None
+    teacher_checkpoints: dict[str, Path] | None = None  # per-task teachers: {task: checkpoint directory}
     cache: Any = None  # the TeacherSource: a TeacherCache, or an OnlineTeacher when the recipe says online
     source_key: str = ""  # what identifies the teacher outputs (the cache key, or the online teacher's hash)
     student_dirs: dict[str, Path] = field(default_factory=dict)
@@ -83,8 +84,19 @@ class RunState:
             atomic_write_json(self.out_dir / "run.json", self.run_json())
 
 
+def _per_task_checkpoints(recipe: Recipe) -> dict[str, Path]:
+    """Each task's fine-tuned checkpoint as a local directory, in the recipe's task order."""
+    from teachers.per_task import resolve_checkpoint
+
+    assert recipe.teacher.per_task is not None
+    return {t.name: resolve_checkpoint(recipe.resolve(recipe.teacher.per_task[t.name])) for t in recipe.tasks}
+
+
 def _teacher_source(recipe: Recipe) -> Path | str:
+    """Where the tokenizer (and the students' starting weights) come from."""
     spec = recipe.teacher
+    if spec.per_task:
+        return next(iter(_per_task_checkpoints(recipe).values()))
     if spec.path:
         path = Path(recipe.resolve(spec.path))
         if not path.is_dir():
@@ -111,6 +123,10 @@ def stage_teacher(state: RunState) -> None:
     from teachers.finetune import fine_tune_teacher
 
     recipe = state.recipe
+    if recipe.teacher.per_task:
+        state.teacher_dir = state.out_dir / "teacher"
+        _stage_per_task_teacher(state)
+        return
     source = _teacher_source(recipe)
     if recipe.teacher.path:
         state.teacher_dir = Path(source)
@@ -118,8 +134,10 @@ def stage_teacher(state: RunState) -> None:
         state.run_stage("teacher", None, [], lambda: True, every_process=True)
         return
     state.teacher_dir = state.out_dir / "teacher"
-    inputs = {"teacher": recipe.teacher.model_dump(), "base": str(source), "data": fingerprint(state.tasks),
-              "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks], **_training_inputs(recipe)}
+    # per_task is left out: a base_model teacher's input hash stays what it was before per_task existed
+    inputs = {"teacher": recipe.teacher.model_dump(exclude={"per_task"}), "base": str(source),
+              "data": fingerprint(state.tasks), "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks],
+              **_training_inputs(recipe)}
     state.run_stage("teacher", sha256_json(inputs), [state.teacher_dir / "heads.safetensors"],
                     lambda: fine_tune_teacher(recipe, state.tasks, str(source), state.tokenizer, state.teacher_dir,
                                               state.out_dir / "logs" / "teacher.jsonl",
@@ -132,6 +150,21 @@ def _training_inputs(recipe: Recipe) -> dict:
     recipes without a training: section stay as they were)."""
     changed = recipe.training.model_dump(exclude_defaults=True, exclude={"tensorboard", "checkpoint_every_steps"})
     return {"training": changed} if changed else {}
+
+
+def _stage_per_task_teacher(state: RunState) -> None:
+    """Check the per-task checkpoints; save the students' starting point (first encoder + heads) as the teacher."""
+    from teachers.per_task import assemble_init_model, check_per_task
+
+    recipe = state.recipe
+    checkpoints = _per_task_checkpoints(recipe)
+    check_per_task(checkpoints, state.tasks, recipe.teacher.trust_remote_code)
+    state.teacher_checkpoints = checkpoints
+    inputs = {"per_task": {name: sha256_dir(path) for name, path in checkpoints.items()},
+              "data": fingerprint(state.tasks), "seed": recipe.seed}
+    state.run_stage("teacher", sha256_json(inputs), [state.teacher_dir / "heads.safetensors"],
+                    lambda: assemble_init_model(checkpoints, state.tasks, state.tokenizer, state.teacher_dir,
+                                                recipe.teacher.trust_remote_code, recipe.seed))
 
 
 def _check_teacher_tasks(teacher_dir: Path, tasks: list[TaskData]) -> None:
@@ -155,33 +188,45 @@ def stage_cache(state: RunState) -> None:
 
     from distill.cache import TeacherCache
     from distill.layer_map import needed_teacher_layers
-    from teachers.runner import build_cache
+    from teachers.runner import CacheResult, build_cache
 
-    config = state.recipe.distillation
+    recipe = state.recipe
+    config, spec = recipe.distillation, recipe.cache
     if config.teacher_source == "online":
+        if state.teacher_checkpoints:
+            raise DistillInputError("distillation.teacher_source: online needs one multi-task teacher; with "
+                                    "teacher.per_task the students learn from the cache")
         # The teacher runs on every training batch instead; nothing to build.
         state.source_key = sha256_json({"online": sha256_dir(state.teacher_dir), "data": fingerprint(state.tasks)})
         state.stages.append({"name": "cache", "status": "skipped", "seconds": 0.0})
         state.write_run_json()
         return
-    teacher_layers = int(AutoConfig.from_pretrained(state.teacher_dir, trust_remote_code=state.recipe.teacher
+    teacher_layers = int(AutoConfig.from_pretrained(state.teacher_dir, trust_remote_code=recipe.teacher
                                                     .trust_remote_code).num_hidden_layers)
-    hidden, qkv = needed_teacher_layers(config, state.recipe.students, teacher_layers)
+    hidden, qkv = needed_teacher_layers(config, recipe.students, teacher_layers)
+    qkv_layers = sorted({layer if layer > 0 else teacher_layers + 1 + layer for layer in spec.attention_layers}
+                        | set(qkv))
     result = {}
-    # qkv_layers only when asked for, so a cache without query/key/value storage still serves the rest.
-    extra = {"qkv_layers": qkv} if qkv else {}
+
+    def ask() -> CacheResult:
+        return build_cache(state.teacher_checkpoints or state.teacher_dir, state.tasks, config.hidden_layers + hidden,
+                           qkv_layers=qkv_layers, dtype=spec.dtype, shard_size=spec.shard_size,
+                           batch_size=spec.batch_size, top_k=spec.top_k, split_seed=recipe.seed,
+                           max_length=recipe.max_length, truncation=state.tokenizer.truncation_side,
+                           trust_remote_code=recipe.teacher.trust_remote_code)
 
     def body() -> bool:
-        built = build_cache(state.teacher_dir, state.tasks, config.hidden_layers + hidden, **extra)
+        built = ask()
         result["value"] = built
         atomic_write_json(state.out_dir / "cache.json", built.to_json())
         return built.hit
 
     # The cache entry is content-addressed: the stage always asks it, and a hit is reported as cached.
     state.run_stage("cache", None, [], body)
-    if "value" not in result:  # a process other than the main one: the entry is complete now
-        result["value"] = build_cache(state.teacher_dir, state.tasks, config.hidden_layers + hidden, **extra)
-    state.cache = TeacherCache(result["value"].path)
+    if "value" not in result:  # a process other than the main one: the entry is complete now (a hit)
+        result["value"] = ask()
+    # build_cache has just checked every shard's sha256 (hit) or written them (miss)
+    state.cache = TeacherCache(result["value"].path, verify=False)
     state.source_key = state.cache.manifest["key"]
 
 

@@ -90,10 +90,13 @@ class TaskSpec(Strict):
 
 
 class TeacherSpec(Strict):
-    """The teacher: a base model to fine-tune, or an already fine-tuned multi-task teacher directory."""
+    """The teacher: a base model to fine-tune, a fine-tuned multi-task teacher, or one checkpoint per task."""
 
     base_model: str | None = Field(default=None, description="path, hub id, or demo:all-MiniLM-L6-v2")
     path: str | None = Field(default=None, description="a fine-tuned teacher saved by distill")
+    per_task: dict[str, str] | None = Field(
+        default=None, description="task name -> a fine-tuned Hugging Face classification checkpoint (path or hub id)"
+    )
     epochs: float = Field(default=3, gt=0)
     batch_size: int = Field(default=32, gt=0)
     learning_rate: float = Field(default=5e-5, gt=0)
@@ -102,8 +105,9 @@ class TeacherSpec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSpec:
-        if (self.base_model is None) == (self.path is None):
-            raise ValueError("give exactly one of 'base_model' (to fine-tune) or 'path' (fine-tuned teacher)")
+        if sum(x is not None for x in (self.base_model, self.path, self.per_task)) != 1:
+            raise ValueError("give exactly one of 'base_model' (to fine-tune), 'path' (fine-tuned teacher) or "
+                             "'per_task' (one fine-tuned checkpoint per task)")
         return self
 
 
@@ -277,6 +281,28 @@ class TrainingSpec(Strict):
         return "no" if value is False else value  # YAML reads a bare `no` as false
 
 
+class CacheSpec(Strict):
+    """How the teacher cache stores the teacher's outputs (every key here is part of the cache key)."""
+
+    dtype: Literal["float16", "float32"] = Field(default="float16", description="precision of the cached tensors")
+    shard_size: int = Field(default=1024, gt=0, description="examples per shard file")
+    attention_layers: list[int] = Field(
+        default=[], description="teacher layers whose query/key/value projections are cached (1 = first, -1 = last)"
+    )
+    top_k: int | None = Field(
+        default=None, gt=0, description="for tasks with more than 64 labels, keep only the k largest logits"
+    )
+    batch_size: int = Field(default=64, gt=0, description="examples per teacher forward pass (not in the key)")
+
+    @field_validator("attention_layers")
+    @classmethod
+    def _attention_layers(cls, value: list[int]) -> list[int]:
+        if 0 in value or len(set(value)) != len(value):
+            raise ValueError("distinct transformer layer numbers: 1 = first, -1 = last (0, the embeddings, "
+                             "has no attention)")
+        return value
+
+
 class ExportSpec(Strict):
     """What the exporter writes and how strictly it checks it."""
 
@@ -330,6 +356,7 @@ class Recipe(Strict):
     students: list[StudentSpec] = Field(min_length=1)
     distillation: DistillationSpec = DistillationSpec()
     training: TrainingSpec = TrainingSpec()
+    cache: CacheSpec = CacheSpec()
     export: ExportSpec = ExportSpec()
     bench: BenchSpec = BenchSpec()
     base_dir: Path = Field(default=Path("."), exclude=True, description="where relative paths start")
@@ -340,6 +367,10 @@ class Recipe(Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{what}: duplicate name(s) {dupes}")
+        per_task = self.teacher.per_task
+        if per_task is not None and set(per_task) != {t.name for t in self.tasks}:
+            raise ValueError(f"teacher.per_task: name one checkpoint for each task {[t.name for t in self.tasks]}; "
+                             f"got {sorted(per_task)}")
         return self
 
     def resolve(self, path: str) -> str:

@@ -217,13 +217,18 @@ def test_cli_help_lists_every_stage():
 
 
 def test_cli_stage_command_stops_after_that_stage(recipe_file, tmp_path, capsys):
-    assert main(["cache", str(recipe_file()), "--out", str(tmp_path / "o")]) == 0
+    assert main(["cache", str(recipe_file()), "--out", str(tmp_path / "o"), "--json"]) == 0
     run = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in run["stages"]] == ["teacher", "cache"]
     assert run["cache"]["hit"] is False and run["cache"]["shards"] == 6 and run["cache"]["bytes"] > 0
     assert run["cache"]["examples_per_s"] > 0 and len(run["cache"]["key"]) == 64
     assert (tmp_path / "o" / "cache.json").is_file()
     assert not (tmp_path / "o" / "students").exists()
+    assert run["cache"]["examples"] == 400 and run["cache"]["bytes_per_1000_examples"] > 0
+    assert main(["cache", str(recipe_file()), "--out", str(tmp_path / "o")]) == 0
+    summary = capsys.readouterr().out
+    assert summary.startswith("teacher cache: hit") and run["cache"]["key"] in summary
+    assert "shards   6 for 400 examples" in summary and "per 1,000 examples" in summary
 
 
 def test_given_teacher_is_used_as_is_and_checked(trained_run, tmp_path, monkeypatch):

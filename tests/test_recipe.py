@@ -27,6 +27,10 @@ def test_valid_recipe_loads_with_defaults(recipe_file):
         (lambda r: r["students"].append({"name": "s2", "layers": 1}), "duplicate name"),
         (lambda r: r["students"][0].update(name="../evil"), "not a valid name"),
         (lambda r: r["tasks"][1].update(metric="accuracy"), "does not fit task type"),
+        (lambda r: r.update(cache={"attention_layers": [0, -1]}), "cache.attention_layers"),
+        (lambda r: r.update(cache={"dtype": "bfloat16"}), "cache.dtype"),
+        (lambda r: r.update(cache={"top_k": 0}), "cache.top_k"),
+        (lambda r: r["teacher"].update(per_task={"sentiment": "a", "ner": "b"}), "give exactly one of 'base_model'"),
     ],
 )
 def test_bad_recipe_names_the_key(recipe_file, edit, message):
