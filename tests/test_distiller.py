@@ -149,9 +149,11 @@ def test_two_stage_online_run_trains_and_saves_a_student(trained_run, tmp_path, 
     assert not (tmp_path / "out" / "cache.json").exists()
     student = tmp_path / "out" / "students" / "s2"
     assert read_json(student / "student.json") == {"teacher_layers": [1, 3]}
-    records = [json.loads(line) for line in (tmp_path / "out" / "logs" / "student-s2.jsonl").read_text().splitlines()]
-    headers = [r for r in records if "stage_epochs" in r]
-    assert [(h["stage"], h["stage_epochs"]) for h in headers] == [("intermediate", 1), ("prediction", 2)]
+    logs = tmp_path / "out" / "logs"
+    records = [json.loads(line) for stage in ("intermediate", "prediction")
+               for line in (logs / f"student-s2.{stage}.jsonl").read_text().splitlines()]
+    assert [r["losses"] for r in records if "loss_terms" in r][::2] == [
+        {"hidden_mse": 1, "attention": 1, "relations": 1, "embedding": 1}, {"hard": 0.5, "kd_kl": 0.5}]
     terms = [(r["stage"], sorted(r["loss_terms"]), r["temperature"]) for r in records if "loss_terms" in r]
     assert terms[0][:2] == ("intermediate", ["attention", "embedding", "hidden_mse", "relations"])
     assert [t[:2] for t in terms[1:]] == [("prediction", ["hard", "kd_kl"])] * 2
