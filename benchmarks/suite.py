@@ -12,6 +12,8 @@ from distill.fileio import read_json
 from distill.hardware import hardware
 from distill.recipe import BenchSpec
 from distill.runtime import MODEL_FILES
+from students.layers import STUDENT_FILE
+from students.vocab import student_inputs
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,10 @@ def run_benchmarks(tasks: list[TaskData], entries: list[ModelEntry], spec: Bench
     models = []
     for entry in entries:
         log.info("bench: %s (%s)", entry.name, entry.format)
-        models.append(measure_model(entry, tasks, spec, threads, pad_id))
+        entry_tasks, entry_pad = student_inputs(entry.model_dir, tasks, pad_id)  # vocab-pruned: its own ids
+        models.append(measure_model(entry, entry_tasks, spec, threads, entry_pad))
+        if entry.role == "student" and (entry.model_dir / STUDENT_FILE).is_file():
+            models[-1]["student"] = read_json(entry.model_dir / STUDENT_FILE)
     add_retention(models)
     report = {
         "hardware": hardware(threads),

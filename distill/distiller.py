@@ -11,13 +11,11 @@ from distill.batching import Batch
 from distill.cache import TeacherCache
 from distill.data import TaskData
 from distill.evaluation import evaluate, primary_scores, torch_forward
-from distill.fileio import atomic_directory
 from distill.losses import cross_entropy, hidden_mse, kd_kl
 from distill.metrics import mean_score
 from distill.recipe import Recipe, StudentSpec
 from distill.training import TrainSettings, TrainSummary, seed_everything, train_loop
-from students.layers import keep_layers, pick_layers, save_layer_map
-from teachers.multitask import MultiTaskModel
+from students.build import build_student
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +32,8 @@ def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, cach
     """Build the student from the teacher, distil it from the cache, and save the best (dev) student."""
     config = recipe.distillation
     seed_everything(recipe.seed)
-    teacher = MultiTaskModel.load(teacher_dir, recipe.teacher.trust_remote_code)
-    keep = pick_layers(spec.layers, teacher.num_layers)
-    student = keep_layers(teacher, keep)
-    del teacher
+    built = build_student(recipe, spec, tasks, teacher_dir, tokenizer)
+    student, keep = built.model, built.teacher_layers
     pairs = layer_pairs(keep, cache.hidden_layers) if config.hidden_weight > 0 else []
     teacher_layers = [t for _, t in pairs]
     weights = {t.name: t.weight for t in recipe.tasks}
@@ -65,11 +61,9 @@ def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, cach
         return mean_score(primary_scores(tasks, metrics)), metrics
 
     def save_fn(model: torch.nn.Module) -> None:
-        with atomic_directory(out_dir) as tmp:
-            model.save(tmp, tokenizer)
-            save_layer_map(tmp, keep)
+        built.save(model, out_dir, tokenizer)
 
     settings = TrainSettings(config.epochs, config.batch_size, config.learning_rate, config.warmup_ratio, recipe.seed)
     train = {t.info.name: t.encoded["train"] for t in tasks}
     return train_loop(student, train, pad_id, loss_fn, evaluate_fn, save_fn, settings, log_path,
-                      f"student {spec.name}")
+                      f"student {spec.name}", on_epoch_start=built.on_epoch_start)

@@ -52,8 +52,10 @@ def train_loop(model: torch.nn.Module, train: dict[str, EncodedSplit], pad_id: i
                loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
                evaluate_fn: Callable[[torch.nn.Module], tuple[float, dict]],
                save_fn: Callable[[torch.nn.Module], None], settings: TrainSettings, log_path: Path,
-               desc: str) -> TrainSummary:
-    """Train for `settings.epochs`, evaluate after each epoch, and save the best model (by dev score)."""
+               desc: str, on_epoch_start: Callable[[int, torch.nn.Module], None] | None = None) -> TrainSummary:
+    """Train for `settings.epochs`, evaluate after each epoch, and save the best model (by dev score).
+
+    `on_epoch_start(epoch, model)` runs before each epoch (1-based), e.g. to switch on fake quantization."""
     seed_everything(settings.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
@@ -72,6 +74,8 @@ def train_loop(model: torch.nn.Module, train: dict[str, EncodedSplit], pad_id: i
             epoch += 1
             plan = training_batches(train, settings.batch_size, settings.seed + epoch)
             plan = plan[accelerator.process_index :: accelerator.num_processes]
+            if on_epoch_start is not None:
+                on_epoch_start(epoch, accelerator.unwrap_model(model))
             model.train()
             running = 0.0
             for task, indices in plan:
