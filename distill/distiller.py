@@ -60,6 +60,8 @@ def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, cach
         metrics = evaluate(torch_forward(model), tasks, "dev", pad_id, desc=f"{spec.name} dev")
         return mean_score(primary_scores(tasks, metrics)), metrics
 
+    evaluate_fn = built.eligible(evaluate_fn)  # only final-size (iterative pruning), QAT-trained epochs are kept
+
     def save_fn(model: torch.nn.Module) -> None:
         built.save(model, out_dir, tokenizer)
 

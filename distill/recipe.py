@@ -101,9 +101,9 @@ class PruningSpec(Strict):
 
     examples: int = Field(default=256, gt=0, description="dev examples per task for the importance scores")
     schedule: Literal["one_shot", "iterative"] = Field(
-        default="one_shot", description="one_shot: prune once before distilling; iterative: prune in `rounds` "
-        "steps at the start of the first epochs, re-scoring the student being distilled")
-    rounds: int = Field(default=2, ge=1, description="iterative only: pruning steps, one per epoch start")
+        default="one_shot", description="one_shot: prune the teacher copy once before distilling; iterative: "
+        "prune → distil → prune, a step at the start of each of the first `rounds` epochs, re-scoring the student")
+    rounds: int = Field(default=2, ge=1, description="iterative only: pruning steps (the last reaches the target)")
 
 
 class LoraSpec(Strict):
@@ -166,6 +166,8 @@ class StudentSpec(Strict):
             raise ValueError("hidden_init needs hidden_size")
         if self.lora is not None and self.qat_epochs:
             raise ValueError("qat_epochs and lora do not combine: QAT needs the full weights being trained")
+        if self.pruning.schedule == "iterative" and not self.prunes:
+            raise ValueError("pruning.schedule iterative needs heads or ffn to prune")
         if self.hidden_init == "random" and self.hidden_size is not None and (self.heads or self.ffn):
             raise ValueError("a random narrow student has no importance scores to prune by; "
                              "leave heads and ffn out, or use hidden_init variance or pca")

@@ -30,7 +30,7 @@ from students.importance import Importance, score_importance
 from students.layers import keep_layers, pick_layers, save_layer_map
 from students.lora import add_lora, merged_encoder
 from students.modules import plain_modules
-from students.pruning import prune_ffn, prune_heads
+from students.pruning import IterativePruning, apply_masks, prune_ffn, prune_heads
 from students.qat import QatSettings, qat_hook
 from students.vocab import (
     VocabMap,
@@ -44,6 +44,7 @@ from teachers.multitask import MultiTaskModel
 
 log = logging.getLogger(__name__)
 HIDDEN_STAT_EXAMPLES = 256
+INELIGIBLE_SCORE = -1.0  # every metric is in [0, 1]
 
 
 @dataclass
@@ -55,12 +56,41 @@ class StudentBuild:
     teacher_dir: Path
     vocab: VocabMap | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    on_epoch_start: Callable[[int, torch.nn.Module], None] | None = None
+    epoch_hooks: list[Callable[[int, torch.nn.Module], None]] = field(default_factory=list)
+    iterative: IterativePruning | None = None
+    first_eligible_epoch: int = 1
+    epoch: int = 0
+
+    def on_epoch_start(self, epoch: int, model: torch.nn.Module) -> None:
+        """train_loop's epoch hook: the iterative pruning round, then QAT switching on, when due."""
+        self.epoch = epoch
+        for hook in self.epoch_hooks:
+            hook(epoch, model)
+
+    def eligible(self, evaluate_fn: Callable[[torch.nn.Module], tuple[float, dict]]
+                 ) -> Callable[[torch.nn.Module], tuple[float, dict]]:
+        """`evaluate_fn` for train_loop, except that epochs before `first_eligible_epoch` (iterative pruning not
+        at its target yet, or QAT not on yet) score INELIGIBLE_SCORE, below any metric, so the saved student
+        has its final size and was trained with fake quantization; their real score stays in the metrics."""
+        if self.first_eligible_epoch <= 1:
+            return evaluate_fn
+
+        def evaluate(model: torch.nn.Module) -> tuple[float, dict]:
+            score, metrics = evaluate_fn(model)
+            if self.epoch >= self.first_eligible_epoch:
+                return score, metrics
+            return INELIGIBLE_SCORE, {**metrics, "not_eligible": {"dev_score": score,
+                                                                  "first_eligible_epoch": self.first_eligible_epoch}}
+
+        return evaluate
 
     def plain_model(self, model: MultiTaskModel) -> MultiTaskModel:
-        """A copy of the (trained) student as plain modules: no id mapping, no fake quant, adapters merged."""
+        """A copy of the (trained) student as plain modules: no id mapping, no fake quant, adapters merged,
+        gradually pruned units removed."""
         plain = copy.deepcopy(model)
         plain.encoder = merged_encoder(plain.encoder)
+        if self.iterative is not None:
+            self.details["removed_heads"] = apply_masks(plain)
         plain_modules(plain)
         return plain.cpu().eval()
 
@@ -68,6 +98,8 @@ class StudentBuild:
         """Write the student (encoder, heads, tasks.json, its tokenizer, student.json) atomically to `out_dir`."""
         plain = self.plain_model(model)
         details = {**self.details, "params": sum(p.numel() for p in plain.parameters())}
+        if self.iterative is not None:
+            details["pruning_rounds"] = self.iterative.history
         with atomic_directory(out_dir) as tmp:
             plain.save(tmp, None if self.vocab else tokenizer)
             if self.vocab is not None:
@@ -84,8 +116,9 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
     keep = pick_layers(spec.layers, teacher.num_layers, spec.layer_strategy)
     details: dict[str, Any] = {"layer_strategy": spec.layer_strategy if isinstance(spec.layers, int) else None}
     random_init = spec.hidden_size is not None and spec.hidden_init == "random"
+    iterative = spec.prunes and spec.pruning.schedule == "iterative"
     importance = None
-    if spec.prunes or (spec.hidden_size is not None and not random_init):
+    if (spec.prunes and not iterative) or (spec.hidden_size is not None and not random_init):
         log.info("student %s: scoring heads and FFN neurons on dev data", spec.name)
         importance = score_importance(teacher, tasks, pad_id, spec.pruning.examples).select(keep)
     covariance = None
@@ -106,22 +139,29 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
                              importance.heads, f"{where}.hidden_size")
         importance = Importance(torch.stack([row[k] for row, k in zip(importance.heads, kept, strict=True)]),
                                 importance.ffn)
-    if spec.heads is not None:
+    gradual = None
+    if iterative:
+        gradual = IterativePruning(tasks, pad_id, spec.pruning.examples, spec.pruning.rounds, spec.heads, spec.ffn)
+        gradual.install(student, where)
+        details["pruning"] = {"schedule": "iterative", "rounds": spec.pruning.rounds}
+    elif spec.prunes:
         assert importance is not None
-        details["removed_heads"] = prune_heads(student, spec.heads, importance.heads, f"{where}.heads")
-    if spec.ffn is not None:
-        assert importance is not None
-        prune_ffn(student, spec.ffn, importance.ffn, f"{where}.ffn")
+        if spec.heads is not None:
+            details["removed_heads"] = prune_heads(student, spec.heads, importance.heads, f"{where}.heads")
+        if spec.ffn is not None:
+            prune_ffn(student, spec.ffn, importance.ffn, f"{where}.ffn")
     config = student.encoder.config
     details.update(hidden_size=int(config.hidden_size), hidden_init=spec.hidden_init if spec.hidden_size else None,
-                   attention_heads=spec.heads or int(config.num_attention_heads), ffn=int(config.intermediate_size),
-                   vocab_size=int(config.vocab_size))
+                   attention_heads=spec.heads or int(config.num_attention_heads),
+                   ffn=spec.ffn or int(config.intermediate_size), vocab_size=int(config.vocab_size))
     if vocab is not None:
         accept_teacher_ids(student, vocab)
-    hook = None
+    hooks = [gradual.on_epoch_start] if gradual is not None else []
+    first_eligible = spec.pruning.rounds if gradual is not None else 1
     if spec.qat_epochs:
         settings = _qat_settings(recipe, spec)
-        hook = qat_hook(settings)
+        hooks.append(qat_hook(settings))
+        first_eligible = max(first_eligible, settings.start_epoch)
         details["qat"] = {"epochs": spec.qat_epochs, "from_epoch": settings.start_epoch,
                           "reduce_range": settings.reduce_range, "per_channel": settings.per_channel,
                           "activations": settings.activations}
@@ -129,7 +169,7 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
         add_lora(student, spec.lora)
         details["lora"] = spec.lora.model_dump()
     log.info("student %s: layers %s, %s", spec.name, keep, {k: v for k, v in details.items() if k != "vocab"})
-    return StudentBuild(student, keep, Path(teacher_dir), vocab, details, hook)
+    return StudentBuild(student, keep, Path(teacher_dir), vocab, details, hooks, gradual, first_eligible)
 
 
 def _qat_settings(recipe: Recipe, spec: StudentSpec) -> QatSettings:

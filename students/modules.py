@@ -52,18 +52,29 @@ class StudentEmbedding(nn.Embedding):
         return F.embedding(ids, weight, self.padding_idx)
 
 
-class FakeQuantLinear(nn.Linear):
-    """nn.Linear whose weight (and optionally input) is fake-quantized as the int8 export will quantize it."""
+class StudentLinear(nn.Linear):
+    """nn.Linear with an optional output mask (units being pruned gradually) and optional int8 fake quantization
+    of its weight (and input) as the export will quantize it."""
 
-    def __init__(self, source: nn.Linear, reduce_range: bool, per_channel: bool, activations: bool):
+    def __init__(self, source: nn.Linear, mask: torch.Tensor | None = None):
         super().__init__(source.in_features, source.out_features, source.bias is not None, device="meta")
         self.weight, self.bias = source.weight, source.bias
+        self.register_buffer("mask", mask)
+        self.fake_quant = False
+        self.reduce_range = self.per_channel = self.activations = False
+
+    def quantize(self, reduce_range: bool, per_channel: bool, activations: bool) -> None:
+        self.fake_quant = True
         self.reduce_range, self.per_channel, self.activations = reduce_range, per_channel, activations
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.activations:
-            inputs = fake_quant_uint8(inputs)
-        return F.linear(inputs, fake_quant_int8(self.weight, self.reduce_range, self.per_channel), self.bias)
+        weight = self.weight
+        if self.fake_quant:
+            if self.activations:
+                inputs = fake_quant_uint8(inputs)
+            weight = fake_quant_int8(weight, self.reduce_range, self.per_channel)
+        out = F.linear(inputs, weight, self.bias)
+        return out if self.mask is None else out * self.mask
 
 
 def replace_modules(root: nn.Module, kind: type[nn.Module], factory) -> int:
@@ -78,17 +89,17 @@ def replace_modules(root: nn.Module, kind: type[nn.Module], factory) -> int:
 
 
 def plain_modules(root: nn.Module) -> None:
-    """Swap the stand-ins back to nn.Embedding / nn.Linear holding the same weights (what gets saved)."""
+    """Swap the stand-ins back to nn.Embedding / nn.Linear holding the same weights (masks must be applied first)."""
 
     def embedding(module: StudentEmbedding) -> nn.Embedding:
         plain = nn.Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx, device="meta")
         plain.weight = module.weight
         return plain
 
-    def linear(module: FakeQuantLinear) -> nn.Linear:
+    def linear(module: StudentLinear) -> nn.Linear:
         plain = nn.Linear(module.in_features, module.out_features, module.bias is not None, device="meta")
         plain.weight, plain.bias = module.weight, module.bias
         return plain
 
     replace_modules(root, StudentEmbedding, embedding)
-    replace_modules(root, FakeQuantLinear, linear)
+    replace_modules(root, StudentLinear, linear)

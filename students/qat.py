@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from students.modules import FakeQuantLinear, StudentEmbedding, replace_modules
+from students.modules import StudentEmbedding, StudentLinear, replace_modules
 from teachers.multitask import MultiTaskModel
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,17 @@ class QatSettings:
 def enable_fake_quant(model: MultiTaskModel, settings: QatSettings) -> int:
     """Swap the encoder's Linear layers and embeddings for fake-quantizing ones; returns how many were swapped."""
     encoder = model.encoder
-    count = replace_modules(encoder, nn.Linear, lambda m: FakeQuantLinear(
-        m, settings.reduce_range, settings.per_channel, settings.activations))
-    count += replace_modules(encoder, nn.Embedding, lambda m: StudentEmbedding(m, fake_quant=True))
+    replace_modules(encoder, nn.Linear, StudentLinear)
+    replace_modules(encoder, nn.Embedding, StudentEmbedding)
+    count = 0
     for module in encoder.modules():
-        if isinstance(module, StudentEmbedding):
+        if isinstance(module, StudentLinear):
+            module.quantize(settings.reduce_range, settings.per_channel, settings.activations)
+        elif isinstance(module, StudentEmbedding):
             module.fake_quant = True
+        else:
+            continue
+        count += 1
     return count
 
 

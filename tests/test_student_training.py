@@ -9,7 +9,7 @@ from distill.data import EncodedSplit
 from distill.recipe import StudentSpec
 from distill.training import TrainSettings, train_loop
 from students.build import build_student
-from students.modules import FakeQuantLinear, StudentEmbedding, fake_quant_int8, fake_quant_uint8
+from students.modules import StudentEmbedding, StudentLinear, fake_quant_int8, fake_quant_uint8
 from teachers.multitask import MultiTaskModel
 
 IDS = torch.tensor([[2, 10, 11, 12, 3, 0], [2, 14, 15, 3, 0, 0]])
@@ -57,20 +57,24 @@ def test_qat_starts_in_the_last_epochs_and_the_saved_student_is_plain(tiny_teach
     built = build_student(recipe, spec, tasks, teacher_dir, tokenizer)
     model = built.model
     float_logits = _logits(model)
+    evaluate = built.eligible(lambda m: (0.5, {}))
     built.on_epoch_start(2, model)
-    assert not any(isinstance(m, FakeQuantLinear) for m in model.modules())
+    assert evaluate(model)[0] == -1.0, "an epoch without fake quantization is not kept as the QAT student"
+    assert not any(isinstance(m, StudentLinear) for m in model.modules())
     params = {id(p) for p in model.parameters()}
     built.on_epoch_start(3, model)
-    assert sum(isinstance(m, FakeQuantLinear) for m in model.modules()) == 2 * 6 + 1  # 6 per layer + pooler
+    quantized = [m for m in model.modules() if isinstance(m, StudentLinear) and m.fake_quant]
+    assert len(quantized) == 2 * 6 + 1  # 6 per layer + pooler
     assert all(m.fake_quant for m in model.modules() if isinstance(m, StudentEmbedding))
     assert {id(p) for p in model.parameters()} == params, "the optimizer keeps the same parameters"
+    assert evaluate(model) == (0.5, {})
     quant_logits = _logits(model)
     assert not torch.allclose(quant_logits["sentiment"], float_logits["sentiment"], atol=1e-7)
     assert torch.allclose(quant_logits["sentiment"], float_logits["sentiment"], atol=0.1)
     built.save(model, tmp_path / "q", tokenizer)
-    assert isinstance(model.encoder.encoder.layer[0].intermediate.dense, FakeQuantLinear), "training copy untouched"
+    assert isinstance(model.encoder.encoder.layer[0].intermediate.dense, StudentLinear), "training copy untouched"
     reloaded = MultiTaskModel.load(tmp_path / "q")
-    assert not any(isinstance(m, FakeQuantLinear | StudentEmbedding) for m in reloaded.modules())
+    assert not any(isinstance(m, StudentLinear | StudentEmbedding) for m in reloaded.modules())
     assert (tmp_path / "q" / "student.json").read_text().count('"from_epoch": 3') == 1
 
 

@@ -158,3 +158,31 @@ def test_random_narrow_student_and_bad_sizes(tiny_teacher):
     with pytest.raises(DistillInputError, match=r"students\.x\.ffn: 128 is more than the teacher's FFN width 64"):
         build_student(recipe, StudentSpec(name="x", layers=2, ffn=128, pruning={"examples": 4}), tasks, teacher_dir,
                       tokenizer)
+
+
+def test_iterative_pruning_masks_in_rounds_and_saves_the_final_size(tiny_teacher, tmp_path):
+    recipe, teacher_dir, tokenizer, tasks = tiny_teacher
+    recipe = recipe.model_copy(update={"distillation": recipe.distillation.model_copy(update={"epochs": 3})})
+    spec = StudentSpec(name="i", layers=2, heads=1, ffn=16, pruning={"schedule": "iterative", "rounds": 2,
+                                                                     "examples": 16})
+    built = build_student(recipe, spec, tasks, teacher_dir, tokenizer)
+    unpruned = build_student(recipe, StudentSpec(name="u", layers=2), tasks, teacher_dir, tokenizer).model
+    _assert_same(_logits(built.model), _logits(unpruned))
+    evaluate = built.eligible(lambda model: (0.7, {}))
+    built.on_epoch_start(1, built.model)
+    layer = built.model.encoder.encoder.layer[0]
+    assert int(layer.intermediate.dense.mask.sum()) == 40 and int(layer.attention.self.value.mask.sum()) == 16
+    assert evaluate(built.model) == (-1.0, {"not_eligible": {"dev_score": 0.7, "first_eligible_epoch": 2}})
+    alive = layer.intermediate.dense.mask.clone()
+    built.on_epoch_start(2, built.model)
+    assert int(layer.intermediate.dense.mask.sum()) == 16 and int(layer.attention.self.value.mask.sum()) == 16
+    assert (layer.intermediate.dense.mask <= alive).all(), "a pruned neuron stays pruned"
+    assert evaluate(built.model) == (0.7, {})
+    built.on_epoch_start(3, built.model)
+    assert int(layer.intermediate.dense.mask.sum()) == 16
+    masked = _logits(built.model)
+    built.save(built.model, tmp_path / "i", tokenizer)
+    plain = AutoModel.from_pretrained(tmp_path / "i")
+    assert plain.config.intermediate_size == 16
+    assert [len(v) for v in plain.config.pruned_heads.values()] == [1, 1]
+    _assert_same(masked, _logits(MultiTaskModel.load(tmp_path / "i")))
