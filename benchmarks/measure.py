@@ -48,12 +48,18 @@ def size_bytes(entry: ModelEntry) -> int:
 
 
 def flops_estimate(model_dir: Path, seq_len: int) -> float:
-    """Multiply-adds × 2 of one forward pass at batch 1 × seq_len, from the encoder's config (BERT-style)."""
+    """Multiply-adds × 2 of one forward pass at batch 1 × seq_len, from the encoder's config (BERT-style;
+    heads removed by pruning, `config.pruned_heads`, shrink that layer's attention width)."""
     config = read_json(model_dir / "config.json")
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
     ffn = config.get("intermediate_size", 4 * hidden)
-    per_layer = 2 * seq_len * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * seq_len * seq_len * hidden
-    return float(layers * per_layer)
+    heads = config.get("num_attention_heads", 1)
+    pruned = config.get("pruned_heads") or {}
+    total = 0.0
+    for layer in range(layers):
+        attention = hidden * (heads - len(pruned.get(str(layer), []))) / heads
+        total += 2 * seq_len * (4 * hidden * attention + 2 * hidden * ffn) + 2 * 2 * seq_len * seq_len * attention
+    return total
 
 
 _MEMORY_PROBE = """

@@ -56,3 +56,17 @@ def test_sweep_trains_exports_benchmarks_and_prints_the_students(trained_run, mo
     assert '"status": "cached"' in out and "## Students" in out and "| s2 | onnx-int8 | 1,3 |" in out
     assert "Best student on the Pareto front: " in out
     assert "## Students" in (trained_run / "out" / "report.md").read_text()
+
+
+def test_flops_estimate_counts_only_the_heads_a_pruned_model_keeps(tmp_path):
+    import json
+
+    from benchmarks.measure import flops_estimate
+
+    config = {"hidden_size": 384, "num_hidden_layers": 3, "intermediate_size": 768, "num_attention_heads": 12}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    whole = flops_estimate(tmp_path, 128)
+    config["pruned_heads"] = {str(layer): [0, 1, 2, 3] for layer in range(3)}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    attention_share = (2 * 128 * 4 * 384 * 384 + 4 * 128 * 128 * 384) * 3
+    assert flops_estimate(tmp_path, 128) == whole - attention_share / 3
