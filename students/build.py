@@ -139,17 +139,7 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
                              importance.heads, f"{where}.hidden_size")
         importance = Importance(torch.stack([row[k] for row, k in zip(importance.heads, kept, strict=True)]),
                                 importance.ffn)
-    gradual = None
-    if iterative:
-        gradual = IterativePruning(tasks, pad_id, spec.pruning.examples, spec.pruning.rounds, spec.heads, spec.ffn)
-        gradual.install(student, where)
-        details["pruning"] = {"schedule": "iterative", "rounds": spec.pruning.rounds}
-    elif spec.prunes:
-        assert importance is not None
-        if spec.heads is not None:
-            details["removed_heads"] = prune_heads(student, spec.heads, importance.heads, f"{where}.heads")
-        if spec.ffn is not None:
-            prune_ffn(student, spec.ffn, importance.ffn, f"{where}.ffn")
+    gradual = _prune(student, spec, importance, tasks, pad_id, details)
     config = student.encoder.config
     details.update(hidden_size=int(config.hidden_size), hidden_init=spec.hidden_init if spec.hidden_size else None,
                    attention_heads=spec.heads or int(config.num_attention_heads),
@@ -170,6 +160,25 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
         details["lora"] = spec.lora.model_dump()
     log.info("student %s: layers %s, %s", spec.name, keep, {k: v for k, v in details.items() if k != "vocab"})
     return StudentBuild(student, keep, Path(teacher_dir), vocab, details, hooks, gradual, first_eligible)
+
+
+def _prune(student: MultiTaskModel, spec: StudentSpec, importance: Importance | None, tasks: list[TaskData],
+           pad_id: int, details: dict[str, Any]) -> IterativePruning | None:
+    """Remove heads and FFN neurons now (one_shot), or set up the masks of iterative pruning (returned)."""
+    where = f"students.{spec.name}"
+    if not spec.prunes:
+        return None
+    if spec.pruning.schedule == "iterative":
+        gradual = IterativePruning(tasks, pad_id, spec.pruning.examples, spec.pruning.rounds, spec.heads, spec.ffn)
+        gradual.install(student, where)
+        details["pruning"] = {"schedule": "iterative", "rounds": spec.pruning.rounds}
+        return gradual
+    assert importance is not None
+    if spec.heads is not None:
+        details["removed_heads"] = prune_heads(student, spec.heads, importance.heads, f"{where}.heads")
+    if spec.ffn is not None:
+        prune_ffn(student, spec.ffn, importance.ffn, f"{where}.ffn")
+    return None
 
 
 def _qat_settings(recipe: Recipe, spec: StudentSpec) -> QatSettings:

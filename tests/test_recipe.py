@@ -42,6 +42,9 @@ def test_valid_recipe_loads_with_defaults(recipe_file):
         (lambda r: r["students"][0].update(lora={"base_bits": 2}), "students.0.lora.base_bits"),
         (lambda r: r["students"][0].update(lora={"rank": 2}), "students.0.lora.rank: unknown key"),
         (lambda r: r["students"][0].update(pruning={"examples": 0}), "students.0.pruning.examples"),
+        (lambda r: r["students"][0].update(pruning={"schedule": "iterative"}), "iterative needs heads or ffn"),
+        (lambda r: r["students"][0].update(ffn=8, pruning={"schedule": "iterative", "rounds": 3}),
+         "students.s2.pruning.rounds: 3 is more than the 1"),
     ],
 )
 def test_bad_recipe_names_the_key(recipe_file, edit, message):
