@@ -58,12 +58,18 @@ def size_bytes(entry: ModelEntry) -> int:
 
 
 def flops_estimate(model_dir: Path, seq_len: int) -> float:
-    """Multiply-adds × 2 of one forward pass at batch 1 × seq_len, from the encoder's config (BERT-style)."""
+    """Multiply-adds × 2 of one forward pass at batch 1 × seq_len, from the encoder's config (BERT-style;
+    heads removed by pruning, `config.pruned_heads`, shrink that layer's attention width)."""
     config = read_json(model_dir / "config.json")
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
     ffn = config.get("intermediate_size", 4 * hidden)
-    per_layer = 2 * seq_len * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * seq_len * seq_len * hidden
-    return float(layers * per_layer)
+    heads = config.get("num_attention_heads", 1)
+    pruned = config.get("pruned_heads") or {}
+    total = 0.0
+    for layer in range(layers):
+        attention = hidden * (heads - len(pruned.get(str(layer), []))) / heads
+        total += 2 * seq_len * (4 * hidden * attention + 2 * hidden * ffn) + 2 * 2 * seq_len * seq_len * attention
+    return total
 
 
 _MEMORY_PROBE = """
@@ -103,15 +109,16 @@ def latency_grid(spec: BenchSpec) -> list[tuple[int, int]]:
     return grid + [(1, length) for length in spec.other_seq_lens if length != spec.seq_len]
 
 
-def measure_latencies(forwards: list[ForwardFn], tasks: list[TaskData], spec: BenchSpec,
-                      pad_id: int) -> list[list[dict[str, Any]]]:
-    """For each model, its latency at every grid shape; models are timed in turn (see `interleaved`)."""
-    sample = [ids for t in tasks for ids in t.encoded["test"].input_ids[:64]]
-    first_task = tasks[0].info.name
+def measure_latencies(forwards: list[ForwardFn], inputs: list[tuple[list[TaskData], int]],
+                      spec: BenchSpec) -> list[list[dict[str, Any]]]:
+    """For each model, its latency at every grid shape on its own (tasks, pad id) inputs; models are timed in
+    turn (see `interleaved`)."""
+    samples = [[ids for t in tasks for ids in t.encoded["test"].input_ids[:64]] for tasks, _ in inputs]
+    first_task = inputs[0][0][0].info.name
     per_model: list[list[dict[str, Any]]] = [[] for _ in forwards]
     for batch, seq_len in progress(latency_grid(spec), desc="latency", unit="shape"):
-        input_ids, mask = bench_inputs(sample, batch, seq_len, pad_id)
-        runs = [lambda f=f, ids=input_ids, m=mask: f(first_task, ids, m) for f in forwards]
+        feeds = [bench_inputs(sample, batch, seq_len, pad) for sample, (_, pad) in zip(samples, inputs, strict=True)]
+        runs = [lambda f=f, feed=feed: f(first_task, *feed) for f, feed in zip(forwards, feeds, strict=True)]
         for k, timing in enumerate(interleaved(runs, spec.warmup, spec.repeats, spec.rounds)):
             per_model[k].append({"batch": batch, "seq_len": seq_len, **timing})
     return per_model

@@ -50,6 +50,76 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def student_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per student (its int8 model when there is one), sorted by size: how it was built and what it gives."""
+    front = set(report.get("pareto_front", []))
+    header = ["student", "format", "teacher layers", "heads", "FFN", "hidden", "vocab", "coverage (test)", "QAT",
+              "LoRA", "size (MB)", "p50 ms", "mean", "retention", "fp32 retention", "Pareto"]
+    rows = []
+    for m in sorted(_student_models(report), key=lambda x: x["size_bytes"]):
+        built = m.get("student") or {}
+        vocab = built.get("vocab") or {}
+        fp32 = _fp32_of(report, m["name"])
+        lora = built.get("lora")
+        rows.append([
+            m["name"], m["format"], ",".join(str(i) for i in built.get("teacher_layers", [])),
+            str(built.get("attention_heads", "-")), str(built.get("ffn", "-")), str(built.get("hidden_size", "-")),
+            str(built.get("vocab_size", "-")),
+            f"{vocab['coverage']['test']:.3f}" if vocab else "-",
+            f"last {built['qat']['epochs']}" if built.get("qat") else "-",
+            f"r={lora['r']}" + (f", {lora['base_bits']}-bit base" if lora.get("base_bits") else "") if lora else "-",
+            f"{m['size_bytes'] / 1e6:.1f}", f"{m['latency_ms']['p50']:.2f}", f"{m['mean_score']:.4f}",
+            _fmt(m.get("retention")), _fmt(fp32.get("retention") if fp32 else None),
+            "*" if model_key(m) in front else "",
+        ])
+    return header, rows
+
+
+def qat_comparisons(report: dict[str, Any]) -> list[str]:
+    """For each QAT student with a twin built the same way without QAT: int8 retention and int8 − fp32 of both."""
+    students = {m["name"]: m for m in _student_models(report) if m["format"] == "onnx-int8"}
+    lines = []
+    for name, m in students.items():
+        built = m.get("student") or {}
+        if not built.get("qat"):
+            continue
+        twin = next((t for t in students.values() if not (t.get("student") or {}).get("qat")
+                     and _without_qat(t.get("student") or {}) == _without_qat(built)), None)
+        parts = [f"{name} (QAT, last {built['qat']['epochs']} epoch(s)): {_int8_line(report, m)}"]
+        parts.append(f"{twin['name']} (no QAT): {_int8_line(report, twin)}" if twin else "no twin without QAT")
+        lines.append("; ".join(parts))
+    return lines
+
+
+def _student_models(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each student once: its dynamic int8 model, else its ONNX fp32 model."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for m in report["models"]:
+        if m["role"] != "student" or m["format"] not in ("onnx-int8", "onnx-fp32"):
+            continue
+        if m["name"] not in chosen or m["format"] == "onnx-int8":
+            chosen[m["name"]] = m
+    return list(chosen.values())
+
+
+def _fp32_of(report: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((m for m in report["models"] if m["name"] == name and m["format"] == "onnx-fp32"), None)
+
+
+def _without_qat(built: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in built.items() if k != "qat"}
+
+
+def _int8_line(report: dict[str, Any], int8: dict[str, Any]) -> str:
+    fp32 = _fp32_of(report, int8["name"])
+    change = f", int8 − fp32 mean score {int8['mean_score'] - fp32['mean_score']:+.4f}" if fp32 else ""
+    return f"int8 retention {_fmt(int8.get('retention'))}{change}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _summary(report: dict[str, Any]) -> tuple[str, str, str]:
     hw = report["hardware"]
     lat = report["models"][0]["latency_ms"]
@@ -70,7 +140,23 @@ def render_markdown(report: dict[str, Any]) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", latency_line, f"Pareto plot: {PLOT_FILE}", ""]
+    lines += render_students(report)
     return "\n".join(lines)
+
+
+def render_students(report: dict[str, Any]) -> list[str]:
+    """The Markdown "Students" section (table sorted by size) and the QAT comparisons; empty without students."""
+    lines: list[str] = []
+    header, rows = student_rows(report)
+    if rows:
+        lines += ["## Students", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", "Coverage: share of the test split's tokens whose word piece the student keeps. "
+                  "Retention: against the PyTorch teacher.", ""]
+    comparisons = qat_comparisons(report)
+    if comparisons:
+        lines += ["## Quantization-aware training", "", *[f"- {line}" for line in comparisons], ""]
+    return lines
 
 
 def render_html(report: dict[str, Any], plot_png: bytes) -> str:
@@ -80,13 +166,20 @@ def render_html(report: dict[str, Any], plot_png: bytes) -> str:
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     image = base64.b64encode(plot_png).decode("ascii")
+    student_header, student_body = student_rows(report)
+    students = ""
+    if student_body:
+        cells_s = "".join(f"<th>{html.escape(h)}</th>" for h in student_header)
+        body_s = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in student_body)
+        students = f"<h2>Students</h2><table><thead><tr>{cells_s}</tr></thead><tbody>{body_s}</tbody></table>"
+    students += "".join(f"<p>{html.escape(line)}</p>" for line in qat_comparisons(report))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>distill report</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#eee}</style></head><body>"
         f"<h1>distill report</h1><p>{html.escape(hardware_line)}</p><p>{html.escape(tasks_line)}</p>"
         f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
-        f"<p>{html.escape(latency_line)}</p>"
+        f"<p>{html.escape(latency_line)}</p>{students}"
         f"<img alt=\"Pareto plot: mean score against p50 latency\" src=\"data:image/png;base64,{image}\">"
         "</body></html>\n"
     )

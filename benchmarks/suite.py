@@ -12,6 +12,8 @@ from distill.fileio import read_json
 from distill.hardware import hardware
 from distill.recipe import BenchSpec
 from distill.runtime import MODEL_FILES, model_files
+from students.layers import STUDENT_FILE
+from students.vocab import student_inputs
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,17 @@ def run_benchmarks(tasks: list[TaskData], entries: list[ModelEntry], spec: Bench
     """Measure every entry on the test split and write report.json, report.md and the Pareto plot."""
     threads = spec.threads or hardware()["cores"] or 1
     forwards = [model_forward(entry, threads) for entry in entries]
+    # a vocabulary-pruned student reads its own token ids
+    inputs = [student_inputs(entry.model_dir, tasks, pad_id) for entry in entries]
     log.info("bench: timing %d models in %d interleaved rounds", len(entries), spec.rounds)
-    latencies = measure_latencies(forwards, tasks, spec, pad_id)
+    latencies = measure_latencies(forwards, inputs, spec)
     models = []
-    for entry, forward, grid in zip(entries, forwards, latencies, strict=True):
+    for k, (entry, forward, grid) in enumerate(zip(entries, forwards, latencies, strict=True)):
         log.info("bench: %s (%s)", entry.name, entry.format)
-        models.append(measure_model(entry, forward, grid, tasks, spec, threads, pad_id))
+        entry_tasks, entry_pad = inputs[k]
+        models.append(measure_model(entry, forward, grid, entry_tasks, spec, threads, entry_pad))
+        if entry.role == "student" and (entry.model_dir / STUDENT_FILE).is_file():
+            models[-1]["student"] = read_json(entry.model_dir / STUDENT_FILE)
     add_retention(models)
     report = {
         "hardware": hardware(threads),

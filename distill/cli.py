@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every stage of a recipe (skips stages whose inputs are unchanged)")
     _recipe_args(run)
 
+    sweep = sub.add_parser("sweep", help="train, export and benchmark every student of a recipe; print the "
+                           "students sorted by size with the Pareto front")
+    _recipe_args(sweep)
+
     demo = sub.add_parser("demo", help="run the built-in offline demo recipe")
     demo.add_argument("--quick", action="store_true", help="subsampled data and fewer epochs (minutes, not an hour)")
     demo.add_argument("--out", required=True, type=Path, help="output directory")
@@ -67,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 def _recipe_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("recipe", type=Path, help="recipe YAML file")
     cmd.add_argument("--out", required=True, type=Path, help="output directory")
-    forced = "every stage" if cmd.prog.endswith(" run") else "this stage"
+    forced = "every stage" if cmd.prog.endswith((" run", " sweep")) else "this stage"
     cmd.add_argument("--force", action="store_true", help=f"rerun {forced} even when its inputs are unchanged")
     _resume_arg(cmd)
 
@@ -106,6 +110,11 @@ def _main(args: argparse.Namespace) -> int:
         return 0 if passed else 1
     if args.command == "demo":
         result = api.run_demo(args.out, quick=args.quick, force=args.force, resume=args.resume)
+    elif args.command == "sweep":
+        run = api.run_recipe(api.load_recipe(args.recipe), args.out, force=args.force, resume=args.resume)
+        print(json.dumps(run, indent=2))
+        print("\n".join(_sweep_summary(Path(args.out) / "report.json")))
+        return 0
     else:
         until = "bench" if args.command == "run" else args.command
         recipe = api.load_recipe(args.recipe)
@@ -135,6 +144,26 @@ def _cache_summary(entry: dict) -> list[str]:
         f"  shards   {entry['shards']} for {entry['examples']:,} examples",
         f"  on disk  {entry['bytes']:,} bytes ({entry['bytes_per_1000_examples']:,} per 1,000 examples)",
     ]
+
+
+def _sweep_summary(report_path: Path) -> list[str]:
+    """The students table and QAT comparisons of a report, and the best student on the Pareto front."""
+    from benchmarks.report import model_key, render_students
+    from distill.fileio import read_json
+
+    report = read_json(report_path)
+    front = set(report.get("pareto_front", []))
+    on_front = [m for m in report["models"] if m["role"] == "student" and model_key(m) in front]
+    lines = render_students(report)
+    if not on_front:
+        lines.append("Best student on the Pareto front: none (no student is both better and faster than the rest)")
+    else:
+        best = max(on_front, key=lambda m: (m["mean_score"], -m["latency_ms"]["p50"]))
+        retention = best.get("retention")
+        lines.append(f"Best student on the Pareto front: {model_key(best)}: retention "
+                     f"{'-' if retention is None else f'{retention:.3f}'}, p50 {best['latency_ms']['p50']:.2f} ms, "
+                     f"{best['size_bytes'] / 1e6:.1f} MB")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from distill.attention import capture_qkv, encoder_layers
 from distill.batching import Batch, training_batches
@@ -32,7 +32,8 @@ from distill.metrics import mean_score
 from distill.projections import HiddenProjections, attached
 from distill.recipe import LossWeights, Recipe, StageSpec, StudentSpec, TemperatureSchedule
 from distill.training import TrainSettings, TrainSummary, seed_everything, train_loop
-from students.layers import keep_layers, pick_layers, save_layer_map
+from students.build import StudentBuild, build_student
+from students.layers import save_layer_map
 from teachers.multitask import MultiTaskModel
 
 log = logging.getLogger(__name__)
@@ -46,23 +47,22 @@ def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, sour
 
     Checkpoints go to `checkpoint_dir` (when given); `resume` continues from the newest one there."""
     seed_everything(recipe.seed)
-    teacher = MultiTaskModel.load(teacher_dir, recipe.teacher.trust_remote_code)
-    keep = pick_layers(spec.layers, teacher.num_layers)
-    student = keep_layers(teacher, keep)
-    teacher_config = teacher.encoder.config
-    del teacher
-    return distil(student, teacher_config, recipe, tasks, source, tokenizer, out_dir, log_path, spec.name, keep,
-                  checkpoint_dir, resume)
+    built = build_student(recipe, spec, tasks, teacher_dir, tokenizer)
+    teacher_config = AutoConfig.from_pretrained(teacher_dir, trust_remote_code=recipe.teacher.trust_remote_code)
+    return distil(built.model, teacher_config, recipe, tasks, source, tokenizer, out_dir, log_path, spec.name,
+                  built.teacher_layers, checkpoint_dir, resume, built)
 
 
 def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Recipe, tasks: list[TaskData],
            source: TeacherSource, tokenizer, out_dir: Path, log_path: Path, name: str,
            copied_from: list[int] | None = None, checkpoint_dir: Path | None = None,
-           resume: bool = False) -> TrainSummary:
+           resume: bool = False, built: StudentBuild | None = None) -> TrainSummary:
     """Train `student` through the recipe's stages; save the best dev epoch of the last stage to `out_dir`.
 
     `copied_from` (the 0-based teacher layer each student layer was copied from) sets the `all` layer map and
-    is saved as student.json; a student not built from the teacher's layers gets the uniform map."""
+    is saved as student.json; a student not built from the teacher's layers gets the uniform map. `built`
+    (from `students.build.build_student`) adds its epoch hooks (QAT, iterative pruning), keeps epochs before
+    they are done from being saved, and saves the plain model (vocabulary, adapters merged)."""
     config = recipe.distillation
     stages = config.stage_plan()
     pairs = layer_pairs(config.layer_map, student.num_layers, int(teacher_config.num_hidden_layers), copied_from)
@@ -81,10 +81,16 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
         return mean_score(primary_scores(tasks, metrics)), metrics
 
     def save(model: torch.nn.Module) -> None:
+        if built is not None:
+            built.save(model, out_dir, tokenizer)
+            return
         with atomic_directory(out_dir) as tmp:
             model.save(tmp, tokenizer)
             if copied_from is not None:
                 save_layer_map(tmp, copied_from)
+
+    if built is not None:
+        evaluate_dev = built.eligible(evaluate_dev)
 
     staged = len(stages) > 1
     checkpoint_dirs = [checkpoint_dir / stage.name if staged and checkpoint_dir else checkpoint_dir
@@ -113,7 +119,8 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
             desc = f"student {name}" + (f" ({stage.name})" if staged else "")
             # Earlier stages keep their last weights in memory for the next stage; only the last one saves.
             summary = train_loop(student, train, pad_id, objective, evaluate_fn, save if last else _keep_in_memory,
-                                 settings, stage_log, desc, checkpoint_dirs[number], resume and number == first)
+                                 settings, stage_log, desc, checkpoint_dirs[number], resume and number == first,
+                                 on_epoch_start=built.on_epoch_start if built is not None else None)
             summaries.append((stage.name, summary))
     return _combine(summaries)
 

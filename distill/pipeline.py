@@ -266,6 +266,7 @@ def stage_train(state: RunState, only: list[str] | None) -> None:
 
 def stage_export(state: RunState) -> None:
     from distill.exporter import export_artifact
+    from students.vocab import student_inputs
 
     recipe = state.recipe
     models = {"teacher": state.teacher_dir, **state.student_dirs}
@@ -275,9 +276,11 @@ def stage_export(state: RunState) -> None:
         if not model_dir.is_dir():
             raise DistillInputError(f"export: {model_dir} does not exist; run `distill train` for it first")
         inputs = {"model": sha256_dir(model_dir), "export": recipe.export.model_dump(), "max_length": recipe.max_length}
+        # a vocab-pruned student reads its own token ids: its checks and calibration data are remapped
+        tasks, pad_id = student_inputs(model_dir, state.tasks, state.pad_id)
         state.run_stage(f"export:{name}", sha256_json(inputs), [directory / "manifest.json"],
-                        lambda model_dir=model_dir, directory=directory: export_artifact(
-                            model_dir, directory, state.tasks, recipe.export, recipe.max_length, state.pad_id))
+                        lambda model_dir=model_dir, directory=directory, tasks=tasks, pad_id=pad_id: export_artifact(
+                            model_dir, directory, tasks, recipe.export, recipe.max_length, pad_id))
 
 
 def stage_bench(state: RunState) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,11 +112,46 @@ class TeacherSpec(Strict):
         return self
 
 
+class PruningSpec(Strict):
+    """How heads and FFN neurons are ranked before they are removed."""
+
+    examples: int = Field(default=256, gt=0, description="dev examples per task for the importance scores")
+    schedule: Literal["one_shot", "iterative"] = Field(
+        default="one_shot", description="one_shot: prune the teacher copy once before distilling; iterative: "
+        "prune → distil → prune, a step at the start of each of the first `rounds` epochs, re-scoring the student")
+    rounds: int = Field(default=2, ge=1, description="iterative only: pruning steps (the last reaches the target)")
+
+
+class LoraSpec(Strict):
+    """Train low-rank adapters (peft) instead of the encoder's weights; merged into the weights before saving."""
+
+    r: int = Field(default=8, gt=0, description="adapter rank")
+    alpha: float = Field(default=16, gt=0, description="adapter scale numerator (scale = alpha / r)")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] = Field(default=["query", "key", "value", "dense"],
+                                      description="names of the Linear modules that get adapters")
+    base_bits: Literal[8, 4] | None = Field(
+        default=None, description="hold the frozen base weights in bitsandbytes int8 or nf4 (QLoRA style)")
+
+
 class StudentSpec(Strict):
-    """A student: which teacher layers it keeps."""
+    """A student: which teacher layers it keeps and how it is narrowed, pruned, quantized or adapted."""
 
     name: str
     layers: int | list[int] = Field(description="how many teacher layers to keep, or their 0-based indices")
+    layer_strategy: Literal["uniform", "top", "bottom"] = Field(
+        default="uniform", description="with a layer count: uniform (spread, ending at the last), top or bottom")
+    heads: int | None = Field(default=None, gt=0, description="attention heads kept per layer (by importance)")
+    ffn: int | None = Field(default=None, gt=0, description="FFN neurons kept per layer (by importance)")
+    hidden_size: int | None = Field(default=None, gt=0, description="a narrower hidden size than the teacher's")
+    hidden_init: Literal["variance", "pca", "random"] = Field(
+        default="variance", description="narrow hidden init: top-variance dimensions, PCA projection, or random")
+    vocab: Literal["corpus"] | int | None = Field(
+        default=None, description="keep the word pieces seen in the train split (corpus) or the N most frequent")
+    pruning: PruningSpec = PruningSpec()
+    qat_epochs: int = Field(default=0, ge=0, description="fake-quantize int8 during the last N epochs")
+    qat_activations: bool = Field(default=False, description="QAT also fake-quantizes Linear inputs (uint8)")
+    lora: LoraSpec | None = Field(default=None, description="train LoRA adapters, merged before saving")
 
     @field_validator("name")
     @classmethod
@@ -130,6 +166,33 @@ class StudentSpec(Strict):
         if isinstance(value, list) and (not value or len(set(value)) != len(value) or min(value) < 0):
             raise ValueError("a non-empty list of distinct, non-negative layer indices")
         return value
+
+    @field_validator("vocab")
+    @classmethod
+    def _vocab(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, int) and value < 8:
+            raise ValueError("keep at least 8 word pieces (or 'corpus')")
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> StudentSpec:
+        if isinstance(self.layers, list) and "layer_strategy" in self.model_fields_set:
+            raise ValueError("layer_strategy applies to a layer count, not to a list of layer indices")
+        if "hidden_init" in self.model_fields_set and self.hidden_size is None:
+            raise ValueError("hidden_init needs hidden_size")
+        if self.lora is not None and self.qat_epochs:
+            raise ValueError("qat_epochs and lora do not combine: QAT needs the full weights being trained")
+        if self.pruning.schedule == "iterative" and not self.prunes:
+            raise ValueError("pruning.schedule iterative needs heads or ffn to prune")
+        if self.hidden_init == "random" and self.hidden_size is not None and (self.heads or self.ffn):
+            raise ValueError("a random narrow student has no importance scores to prune by; "
+                             "leave heads and ffn out, or use hidden_init variance or pca")
+        return self
+
+    @property
+    def prunes(self) -> bool:
+        """Whether heads or FFN neurons are removed by importance."""
+        return self.heads is not None or self.ffn is not None
 
 
 LOSS_NAMES = ("hard", "kd_kl", "kd_mse", "hidden_mse", "hidden_cosine", "attention", "relations", "embedding")
@@ -371,6 +434,14 @@ class Recipe(Strict):
         if per_task is not None and set(per_task) != {t.name for t in self.tasks}:
             raise ValueError(f"teacher.per_task: name one checkpoint for each task {[t.name for t in self.tasks]}; "
                              f"got {sorted(per_task)}")
+        epochs = math.ceil(self.distillation.epochs)
+        for student in self.students:
+            if student.qat_epochs > epochs:
+                raise ValueError(f"students.{student.name}.qat_epochs: {student.qat_epochs} is more than the "
+                                 f"{epochs} distillation epoch(s)")
+            if student.prunes and student.pruning.schedule == "iterative" and student.pruning.rounds > epochs:
+                raise ValueError(f"students.{student.name}.pruning.rounds: {student.pruning.rounds} is more than "
+                                 f"the {epochs} distillation epoch(s)")
         return self
 
     def resolve(self, path: str) -> str:

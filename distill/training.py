@@ -129,15 +129,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def train_loop(model: torch.nn.Module, train: dict[str, EncodedSplit], pad_id: int, loss_fn: LossFn,
                evaluate_fn: Callable[[torch.nn.Module], tuple[float, dict]],
                save_fn: Callable[[torch.nn.Module], None], settings: TrainSettings, log_path: Path,
-               desc: str, checkpoint_dir: Path | None = None, resume: bool = False) -> TrainSummary:
+               desc: str, checkpoint_dir: Path | None = None, resume: bool = False,
+               on_epoch_start: Callable[[int, torch.nn.Module], None] | None = None) -> TrainSummary:
     """Train for `settings.epochs`, evaluate after each epoch, and save the best model (by dev score).
+
+    `on_epoch_start(epoch, model)` runs before each epoch (1-based; also before a resumed one), e.g. to switch
+    on fake quantization.
 
     `loss_fn` returns one batch's loss (before task weighting). With `checkpoint_dir`, checkpoints are written
     there (each epoch end, and every `checkpoint_every_steps`) and removed once training finishes; `resume`
     continues from the newest one. The JSON-lines log at `log_path` gets one record per epoch."""
     run = _Run(model, train, pad_id, loss_fn, settings, desc, checkpoint_dir)
     try:
-        return run.train(evaluate_fn, save_fn, log_path, resume)
+        return run.train(evaluate_fn, save_fn, log_path, resume, on_epoch_start)
     except RuntimeError as exc:
         if not is_out_of_memory(exc):
             raise
@@ -190,7 +194,8 @@ class _Run:
         return rank_batches(plan, self.accelerator.process_index, self.accelerator.num_processes)
 
     def train(self, evaluate_fn: Callable[[torch.nn.Module], tuple[float, dict]],
-              save_fn: Callable[[torch.nn.Module], None], log_path: Path, resume: bool) -> TrainSummary:
+              save_fn: Callable[[torch.nn.Module], None], log_path: Path, resume: bool,
+              on_epoch_start: Callable[[int, torch.nn.Module], None] | None = None) -> TrainSummary:
         resumed_from = self.restore() if resume else None
         if resumed_from is None:
             self.clear_checkpoints()
@@ -203,6 +208,8 @@ class _Run:
                       disable=not self.main) as bar:
             while state.step < self.total_steps and not stopped:
                 plan = self.epoch_plan(state.epoch)
+                if on_epoch_start is not None:
+                    on_epoch_start(state.epoch, self.accelerator.unwrap_model(self.model))
                 self.model.train()
                 while state.position < len(plan) and state.step < self.total_steps:
                     group = plan[state.position : state.position + self.engine.gradient_accumulation_steps]

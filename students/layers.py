@@ -14,15 +14,27 @@ from teachers.multitask import MultiTaskModel
 STUDENT_FILE = "student.json"
 
 
-def pick_layers(spec: int | list[int], teacher_layers: int) -> list[int]:
-    """Teacher layer indices to keep: explicit, or `spec` of them spread evenly and ending at the last."""
+def pick_layers(spec: int | list[int], teacher_layers: int, strategy: str = "uniform") -> list[int]:
+    """Teacher layer indices to keep: explicit, or `spec` of them chosen by `strategy`.
+
+    uniform: spread evenly, ending at the last layer; top: the last `spec` layers; bottom: the first `spec`."""
     if isinstance(spec, list):
         if max(spec) >= teacher_layers:
             raise DistillInputError(f"students.layers: {spec} names a layer beyond the teacher's {teacher_layers}")
         return sorted(spec)
     if spec > teacher_layers:
         raise DistillInputError(f"students.layers: {spec} is more than the teacher's {teacher_layers} layers")
+    if strategy == "top":
+        return list(range(teacher_layers - spec, teacher_layers))
+    if strategy == "bottom":
+        return list(range(spec))
     return [round((i + 1) * teacher_layers / spec) - 1 for i in range(spec)]
+
+
+def layer_list(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's list of transformer layers."""
+    owner, attr = _layer_list(encoder)
+    return getattr(owner, attr)
 
 
 def _layer_list(encoder: nn.Module) -> tuple[nn.Module, str]:
@@ -46,9 +58,9 @@ def keep_layers(teacher: MultiTaskModel, keep: list[int]) -> MultiTaskModel:
     return student
 
 
-def save_layer_map(directory: Path, keep: list[int]) -> None:
-    """Record which teacher layer each student layer came from (for hidden-state losses)."""
-    atomic_write_json(Path(directory) / STUDENT_FILE, {"teacher_layers": keep})
+def save_layer_map(directory: Path, keep: list[int], details: dict | None = None) -> None:
+    """Record which teacher layer each student layer came from (for hidden-state losses), and how it was built."""
+    atomic_write_json(Path(directory) / STUDENT_FILE, {"teacher_layers": keep, **(details or {})})
 
 
 def load_layer_map(directory: Path) -> list[int]:

@@ -135,3 +135,24 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Pa
         else:
             os.environ["DISTILL_CACHE_DIR"] = old
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path):
+    """An (untrained) multi-task teacher saved like `distill teacher` saves one, its tokenizer, and encoded tasks."""
+    import torch
+    from transformers import AutoModel
+
+    from distill.data import encode_tasks, load_tasks
+    from distill.recipe import parse_recipe
+    from distill.tokenizer import load_tokenizer
+    from teachers.multitask import MultiTaskModel
+
+    root = tmp_path_factory.mktemp("teacher")
+    recipe = parse_recipe(tiny_recipe_dict(tiny_base, write_tiny_data(root / "data")), root)
+    tokenizer = load_tokenizer(tiny_base)
+    tasks = load_tasks(recipe)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    torch.manual_seed(0)
+    MultiTaskModel(AutoModel.from_pretrained(tiny_base), [t.info for t in tasks]).save(root / "teacher", tokenizer)
+    return recipe, root / "teacher", tokenizer, tasks

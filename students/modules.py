@@ -1,0 +1,105 @@
+"""Training-time stand-ins for nn.Embedding and nn.Linear, and the swap back to the plain modules for saving.
+
+Each stand-in shares the Parameter objects of the module it replaces, so optimizer state and state_dict
+names are untouched: swapping in at an epoch start (QAT) and swapping out for saving are both free.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INT8_MAX = 127  # symmetric int8 weights: [-127, 127]
+INT8_MAX_REDUCED = 64  # onnxruntime's reduce_range for int8 weights: [-64, 64]
+UINT8_MAX = 255
+
+
+def fake_quant_int8(weight: torch.Tensor, reduce_range: bool, per_channel: bool) -> torch.Tensor:
+    """Symmetric int8 round trip as onnxruntime quantizes weights (scale = max|w| / qmax), straight-through grad."""
+    qmax = INT8_MAX_REDUCED if reduce_range else INT8_MAX
+    if per_channel:
+        scale = (weight.detach().abs().amax(dim=1) / qmax).clamp_min(1e-12)
+        zero = torch.zeros_like(scale, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -qmax, qmax)
+    scale = (weight.detach().abs().max() / qmax).clamp_min(1e-12).reshape(1)
+    return torch.fake_quantize_per_tensor_affine(weight, scale, torch.zeros(1, dtype=torch.int32), -qmax, qmax)
+
+
+def fake_quant_uint8(values: torch.Tensor) -> torch.Tensor:
+    """Asymmetric uint8 round trip over the tensor's range including 0 (onnxruntime DynamicQuantizeLinear)."""
+    low = values.detach().min().clamp_max(0)
+    high = values.detach().max().clamp_min(0)
+    scale = ((high - low) / UINT8_MAX).clamp_min(1e-12).reshape(1)
+    zero = torch.round(-low / scale).clamp(0, UINT8_MAX).to(torch.int32).reshape(1)
+    return torch.fake_quantize_per_tensor_affine(values, scale, zero, 0, UINT8_MAX)
+
+
+class StudentEmbedding(nn.Embedding):
+    """An embedding that takes teacher token ids (mapped through `id_map` to the kept rows) and can fake-quantize
+    its table to uint8 (how onnxruntime's int8 export stores an embedding Gather)."""
+
+    def __init__(self, source: nn.Embedding, id_map: torch.Tensor | None = None, fake_quant: bool = False):
+        super().__init__(source.num_embeddings, source.embedding_dim, source.padding_idx, device="meta")
+        self.weight = source.weight  # the same Parameter object, so optimizer state follows it
+        self.register_buffer("id_map", id_map, persistent=False)
+        self.fake_quant = fake_quant
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.id_map is not None:
+            ids = self.id_map[ids]
+        weight = fake_quant_uint8(self.weight) if self.fake_quant else self.weight
+        return F.embedding(ids, weight, self.padding_idx)
+
+
+class StudentLinear(nn.Linear):
+    """nn.Linear with an optional output mask (units being pruned gradually) and optional int8 fake quantization
+    of its weight (and input) as the export will quantize it."""
+
+    def __init__(self, source: nn.Linear, mask: torch.Tensor | None = None):
+        super().__init__(source.in_features, source.out_features, source.bias is not None, device="meta")
+        self.weight, self.bias = source.weight, source.bias
+        self.register_buffer("mask", mask)
+        self.fake_quant = False
+        self.reduce_range = self.per_channel = self.activations = False
+
+    def quantize(self, reduce_range: bool, per_channel: bool, activations: bool) -> None:
+        self.fake_quant = True
+        self.reduce_range, self.per_channel, self.activations = reduce_range, per_channel, activations
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if self.fake_quant:
+            if self.activations:
+                inputs = fake_quant_uint8(inputs)
+            weight = fake_quant_int8(weight, self.reduce_range, self.per_channel)
+        out = F.linear(inputs, weight, self.bias)
+        return out if self.mask is None else out * self.mask
+
+
+def replace_modules(root: nn.Module, kind: type[nn.Module], factory) -> int:
+    """Replace every submodule of exactly type `kind` by `factory(module)`; returns how many were replaced."""
+    count = 0
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is kind:
+                setattr(parent, name, factory(child))
+                count += 1
+    return count
+
+
+def plain_modules(root: nn.Module) -> None:
+    """Swap the stand-ins back to nn.Embedding / nn.Linear holding the same weights (masks must be applied first)."""
+
+    def embedding(module: StudentEmbedding) -> nn.Embedding:
+        plain = nn.Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx, device="meta")
+        plain.weight = module.weight
+        return plain
+
+    def linear(module: StudentLinear) -> nn.Linear:
+        plain = nn.Linear(module.in_features, module.out_features, module.bias is not None, device="meta")
+        plain.weight, plain.bias = module.weight, module.bias
+        return plain
+
+    replace_modules(root, StudentEmbedding, embedding)
+    replace_modules(root, StudentLinear, linear)

@@ -1,0 +1,64 @@
+"""Quantization-aware distillation: fake int8 during the last epochs, so the int8 export loses less.
+
+What is simulated is what `export` builds with onnxruntime's dynamic quantization: every encoder Linear
+weight as symmetric int8 (per tensor, or per channel with `export.per_channel`; 7-bit with the reduce_range
+of non-VNNI CPUs), the embedding tables as uint8, and optionally every Linear input as dynamic uint8.
+Gradients pass straight through the rounding. The saved model holds the float weights; the export
+quantizes them to exactly the values seen here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from students.modules import StudentEmbedding, StudentLinear, replace_modules
+from teachers.multitask import MultiTaskModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QatSettings:
+    """When fake quantization starts and what it simulates."""
+
+    start_epoch: int
+    reduce_range: bool
+    per_channel: bool
+    activations: bool
+
+    @classmethod
+    def last_epochs(cls, qat_epochs: int, total_epochs: float, reduce_range: bool, per_channel: bool,
+                    activations: bool) -> QatSettings:
+        return cls(math.ceil(total_epochs) - qat_epochs + 1, reduce_range, per_channel, activations)
+
+
+def enable_fake_quant(model: MultiTaskModel, settings: QatSettings) -> int:
+    """Swap the encoder's Linear layers and embeddings for fake-quantizing ones; returns how many were swapped."""
+    encoder = model.encoder
+    replace_modules(encoder, nn.Linear, StudentLinear)
+    replace_modules(encoder, nn.Embedding, StudentEmbedding)
+    count = 0
+    for module in encoder.modules():
+        if isinstance(module, StudentLinear):
+            module.quantize(settings.reduce_range, settings.per_channel, settings.activations)
+        elif isinstance(module, StudentEmbedding):
+            module.fake_quant = True
+        else:
+            continue
+        count += 1
+    return count
+
+
+def qat_hook(settings: QatSettings):
+    """An on_epoch_start hook for train_loop that turns fake quantization on at `settings.start_epoch`."""
+
+    def on_epoch_start(epoch: int, model: nn.Module) -> None:
+        if epoch == settings.start_epoch:
+            count = enable_fake_quant(model, settings)
+            log.info("epoch %d: quantization-aware training on (%d modules fake-quantized)", epoch, count)
+
+    return on_epoch_start

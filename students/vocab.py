@@ -1,0 +1,204 @@
+"""Vocabulary pruning: keep the word pieces the tasks use, shrink the embedding, and remap the tokenizer to match.
+
+The student's tokenizer keeps the teacher's word pieces and segmentation (teacher-cache token positions still
+line up); only the ids change: kept pieces get 0..N-1 in teacher order and every dropped piece maps to [UNK]'s
+new id. `tokenizers` loads such a many-to-one vocabulary as is, but its serializer writes one piece per id, so
+the student's tokenizer files are written here directly and never re-saved through tokenizers/transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.data import EncodedSplit, TaskData
+from distill.errors import DistillInputError
+from distill.fileio import atomic_write_json, atomic_write_text, read_json
+from students.modules import StudentEmbedding
+from teachers.multitask import MultiTaskModel
+
+VOCAB_FILE = "vocab_map.json"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+
+
+@dataclass
+class VocabMap:
+    """Which teacher ids a student keeps (ascending); the student id of `kept[i]` is i, dropped ids go to [UNK]."""
+
+    kept: np.ndarray
+    teacher_size: int
+    teacher_unk: int
+
+    @property
+    def size(self) -> int:
+        return len(self.kept)
+
+    @cached_property
+    def id_map(self) -> np.ndarray:
+        """teacher id -> student id, for every teacher id."""
+        ids = np.full(self.teacher_size, int(np.searchsorted(self.kept, self.teacher_unk)), dtype=np.int64)
+        ids[self.kept] = np.arange(len(self.kept))
+        return ids
+
+    def to_student(self, ids: np.ndarray) -> np.ndarray:
+        return self.id_map[ids]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"teacher_size": self.teacher_size, "teacher_unk": self.teacher_unk,
+                "kept_teacher_ids": self.kept.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VocabMap:
+        return cls(np.asarray(data["kept_teacher_ids"], dtype=np.int64), int(data["teacher_size"]),
+                   int(data["teacher_unk"]))
+
+
+def token_counts(tasks: list[TaskData], split: str, size: int) -> np.ndarray:
+    """How often each teacher id occurs in a split of every task."""
+    counts = np.zeros(size, dtype=np.int64)
+    for task in tasks:
+        for ids in task.encoded[split].input_ids:
+            counts += np.bincount(ids, minlength=size)
+    return counts
+
+
+def choose_vocab(choice: str | int, tasks: list[TaskData], tokenizer: Any, teacher_size: int,
+                 where: str = "students.vocab") -> VocabMap:
+    """`corpus`: every piece seen in the train split; N: the N most frequent there (special tokens count in N)."""
+    if tokenizer.unk_token_id is None:
+        raise DistillInputError(f"{where}: the teacher's tokenizer has no unknown token to map dropped pieces to")
+    specials = sorted({int(i) for i in tokenizer.all_special_ids} | {int(i) for i in tokenizer.added_tokens_decoder})
+    counts = token_counts(tasks, "train", teacher_size)
+    counts[specials] = 0
+    if choice == "corpus":
+        chosen = np.flatnonzero(counts)
+    else:
+        if int(choice) <= len(specials):
+            raise DistillInputError(f"{where}: {choice} pieces leave no room beside the {len(specials)} special tokens")
+        order = np.argsort(-counts, kind="stable")
+        chosen = order[: int(choice) - len(specials)]
+        chosen = chosen[counts[chosen] > 0]
+    kept = np.union1d(chosen, specials).astype(np.int64)
+    return VocabMap(kept, teacher_size, int(tokenizer.unk_token_id))
+
+
+def coverage(vocab: VocabMap, tasks: list[TaskData], specials: list[int]) -> dict[str, float]:
+    """Per split, the share of the task corpora's tokens (special tokens left out) that the student keeps."""
+    out = {}
+    kept = np.zeros(vocab.teacher_size, dtype=bool)
+    kept[vocab.kept] = True
+    for split in ("train", "dev", "test"):
+        counts = token_counts(tasks, split, vocab.teacher_size)
+        counts[specials] = 0
+        out[split] = float(counts[kept].sum() / max(counts.sum(), 1))
+    return out
+
+
+def prune_embeddings(model: MultiTaskModel, vocab: VocabMap) -> None:
+    """Keep only the embedding rows of the kept pieces; the config records the new vocab and pad ids."""
+    encoder = model.encoder
+    old = encoder.get_input_embeddings()
+    config = encoder.config
+    pad = getattr(config, "pad_token_id", None)
+    new_pad = int(vocab.id_map[pad]) if pad is not None else None
+    new = nn.Embedding(vocab.size, old.embedding_dim, padding_idx=new_pad)
+    with torch.no_grad():
+        new.weight.copy_(old.weight[torch.from_numpy(vocab.kept)])
+    encoder.set_input_embeddings(new)
+    config.vocab_size = vocab.size
+    if pad is not None:
+        config.pad_token_id = new_pad
+
+
+def accept_teacher_ids(model: MultiTaskModel, vocab: VocabMap) -> None:
+    """Let the student take teacher token ids (the distiller's data and cache) by mapping them at its embedding."""
+    old = model.encoder.get_input_embeddings()
+    id_map = torch.from_numpy(vocab.id_map).to(old.weight.device)
+    if isinstance(old, StudentEmbedding):
+        old.id_map = id_map
+    else:
+        model.encoder.set_input_embeddings(StudentEmbedding(old, id_map))
+
+
+def remap_tasks(tasks: list[TaskData], vocab: VocabMap) -> list[TaskData]:
+    """The same examples with student token ids (for the exporter's checks and the benchmarks)."""
+    out = []
+    for task in tasks:
+        encoded = {name: EncodedSplit([vocab.to_student(ids) for ids in split.input_ids], split.labels, split.words)
+                   for name, split in task.encoded.items()}
+        out.append(TaskData(task.info, task.splits, encoded))
+    return out
+
+
+def load_vocab_map(model_dir: Path) -> VocabMap | None:
+    """The vocabulary map saved with a vocab-pruned student, or None for a student with the teacher's vocab."""
+    path = Path(model_dir) / VOCAB_FILE
+    return VocabMap.from_json(read_json(path)) if path.is_file() else None
+
+
+def student_inputs(model_dir: Path, tasks: list[TaskData], pad_id: int) -> tuple[list[TaskData], int]:
+    """Tasks and pad id as the model in `model_dir` reads them (teacher-tokenised data remapped if needed)."""
+    vocab = load_vocab_map(model_dir)
+    if vocab is None:
+        return tasks, pad_id
+    return remap_tasks(tasks, vocab), int(vocab.id_map[pad_id])
+
+
+def write_student_tokenizer(teacher_dir: Path, out_dir: Path, vocab: VocabMap) -> None:
+    """tokenizer.json, tokenizer_config.json and special_tokens_map.json of the student, plus vocab_map.json."""
+    source = Path(teacher_dir) / TOKENIZER_JSON
+    if not source.is_file():
+        raise DistillInputError(f"students.vocab: {teacher_dir} has no {TOKENIZER_JSON} to remap")
+    data = json.loads(source.read_text(encoding="utf-8"))
+    atomic_write_text(Path(out_dir) / TOKENIZER_JSON, json.dumps(remap_tokenizer_json(data, vocab), ensure_ascii=False))
+    config_path = Path(teacher_dir) / TOKENIZER_CONFIG
+    if config_path.is_file():
+        config = read_json(config_path)
+        config.pop("vocab_file", None)
+        if "added_tokens_decoder" in config:
+            config["added_tokens_decoder"] = {str(int(vocab.id_map[int(k)])): v
+                                              for k, v in config["added_tokens_decoder"].items()}
+        atomic_write_json(Path(out_dir) / TOKENIZER_CONFIG, config)
+    if (Path(teacher_dir) / SPECIAL_TOKENS_MAP).is_file():
+        shutil.copy2(Path(teacher_dir) / SPECIAL_TOKENS_MAP, Path(out_dir) / SPECIAL_TOKENS_MAP)
+    atomic_write_json(Path(out_dir) / VOCAB_FILE, vocab.to_json())
+
+
+def remap_tokenizer_json(data: dict[str, Any], vocab: VocabMap) -> dict[str, Any]:
+    """A tokenizer.json whose model, added tokens, post-processor and padding emit student ids."""
+    model = data["model"]
+    if model.get("type") not in ("WordPiece", "BPE") or not isinstance(model.get("vocab"), dict):
+        raise DistillInputError(f"students.vocab: remapping a {model.get('type')} tokenizer is not supported "
+                                "(WordPiece and BPE with an unknown token are)")
+    if model.get("unk_token") is None:
+        raise DistillInputError("students.vocab: the tokenizer has no unk_token to map dropped pieces to")
+    id_map = vocab.id_map
+    model["vocab"] = {piece: int(id_map[i]) for piece, i in model["vocab"].items()}
+    for token in data.get("added_tokens") or []:
+        token["id"] = int(id_map[token["id"]])
+    _remap_processor(data.get("post_processor"), id_map)
+    if data.get("padding"):
+        data["padding"]["pad_id"] = int(id_map[data["padding"]["pad_id"]])
+    return data
+
+
+def _remap_processor(processor: dict[str, Any] | None, id_map: np.ndarray) -> None:
+    if not processor:
+        return
+    for inner in processor.get("processors") or []:
+        _remap_processor(inner, id_map)
+    for special in (processor.get("special_tokens") or {}).values():
+        special["ids"] = [int(id_map[i]) for i in special["ids"]]
+    for key in ("cls", "sep"):
+        if isinstance(processor.get(key), list):
+            processor[key][1] = int(id_map[processor[key][1]])
