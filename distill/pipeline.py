@@ -188,7 +188,7 @@ def stage_cache(state: RunState) -> None:
 
     from distill.cache import TeacherCache
     from distill.layer_map import needed_teacher_layers
-    from teachers.runner import CacheResult, build_cache
+    from teachers.runner import build_cache
 
     recipe = state.recipe
     config, spec = recipe.distillation, recipe.cache
@@ -208,23 +208,20 @@ def stage_cache(state: RunState) -> None:
                         | set(qkv))
     result = {}
 
-    def ask() -> CacheResult:
-        return build_cache(state.teacher_checkpoints or state.teacher_dir, state.tasks, config.hidden_layers + hidden,
-                           qkv_layers=qkv_layers, dtype=spec.dtype, shard_size=spec.shard_size,
-                           batch_size=spec.batch_size, top_k=spec.top_k, split_seed=recipe.seed,
-                           max_length=recipe.max_length, truncation=state.tokenizer.truncation_side,
-                           trust_remote_code=recipe.teacher.trust_remote_code)
-
     def body() -> bool:
-        built = ask()
+        # every process takes part: under torchrun / accelerate launch they share the shards out
+        built = build_cache(state.teacher_checkpoints or state.teacher_dir, state.tasks, config.hidden_layers + hidden,
+                            qkv_layers=qkv_layers, dtype=spec.dtype, shard_size=spec.shard_size,
+                            batch_size=spec.batch_size, top_k=spec.top_k, split_seed=recipe.seed,
+                            max_length=recipe.max_length, truncation=state.tokenizer.truncation_side,
+                            trust_remote_code=recipe.teacher.trust_remote_code)
         result["value"] = built
-        atomic_write_json(state.out_dir / "cache.json", built.to_json())
+        if is_main_process():
+            atomic_write_json(state.out_dir / "cache.json", built.to_json())
         return built.hit
 
     # The cache entry is content-addressed: the stage always asks it, and a hit is reported as cached.
-    state.run_stage("cache", None, [], body)
-    if "value" not in result:  # a process other than the main one: the entry is complete now (a hit)
-        result["value"] = ask()
+    state.run_stage("cache", None, [], body, every_process=True)
     # build_cache has just checked every shard's sha256 (hit) or written them (miss)
     state.cache = TeacherCache(result["value"].path, verify=False)
     state.source_key = state.cache.manifest["key"]

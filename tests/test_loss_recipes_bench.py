@@ -23,7 +23,7 @@ def test_loss_recipes_benchmark_trains_and_compares_four_recipes(trained_run, tm
         assert row["teacher_layers"] == [1, 3]
     two_stage = result["recipes"][-1]["distillation"]["stages"]
     assert [(s["name"], s["epochs"]) for s in two_stage] == [("intermediate", 0.5), ("prediction", 0.5)]
-    log = (out / "two_stage" / "logs" / "student-two_stage.jsonl").read_text()
+    log = (out / "two_stage" / "logs" / "student-two_stage.intermediate.jsonl").read_text()
     assert '"stage": "intermediate"' in log and '"relations"' in log
     table = (out / "loss_recipes.md").read_text()
     assert table.count("\n") == 2 + 1 + len(RECIPES) and table in capsys.readouterr().out

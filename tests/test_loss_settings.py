@@ -67,14 +67,14 @@ def test_layer_maps():
 
 def test_needed_teacher_layers_is_the_union_over_students_and_stages():
     students = [StudentSpec(name="a", layers=2), StudentSpec(name="b", layers=[0, 3])]
-    legacy = DistillationSpec()
-    assert needed_teacher_layers(legacy, students, 6) == ([6], [])
+    # the default (uniform) map: a keeps teacher layers [2, 5] -> hidden states 3, 6; b keeps [0, 3] -> 1, 4
+    assert needed_teacher_layers(DistillationSpec(), students, 6) == ([1, 3, 4, 6], [])
+    assert needed_teacher_layers(DistillationSpec(layer_map="last"), students, 6) == ([6], [])
     logits_only = DistillationSpec(losses={"kd_kl": 1}, layer_map="all")
     assert needed_teacher_layers(logits_only, students, 6) == ([], [])
     staged = DistillationSpec(layer_map="all", stages=[
         {"name": "intermediate", "epochs": 1, "losses": {"hidden_cosine": 1, "embedding": 1, "relations": 1}},
         {"name": "prediction", "epochs": 1, "losses": {"kd_kl": 1}}])
-    # a keeps teacher layers [2, 5] -> hidden states 3, 6; b keeps [0, 3] -> 1, 4
     assert needed_teacher_layers(staged, students, 6) == ([0, 1, 3, 4, 6], [1, 3, 4, 6])
 
 

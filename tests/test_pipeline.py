@@ -92,8 +92,9 @@ def test_changed_student_reruns_only_what_depends_on_it(trained_run, tmp_path, m
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run = run_recipe(load_recipe(path), out, until="train")
+    # the uniform layer map pairs the new layers with other teacher layers, so the cache holds other layers too
     assert [(s["name"], s["status"]) for s in run["stages"]] == [
-        ("teacher", "cached"), ("cache", "cached"), ("train:s2", "ran")]
+        ("teacher", "cached"), ("cache", "ran"), ("train:s2", "ran")]
     assert read_json(out / "students" / "s2" / "student.json")["teacher_layers"] == [0, 3]
 
 
