@@ -69,8 +69,9 @@ def render_markdown(rows: dict[str, dict[str, dict[str, Any]]], summary: dict[st
     lines = ["| student | epoch s (cache) | epoch s (online) | ratio | test mean (cache) | test mean (online) |",
              "|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        lines.append(f"| {name} | {row['cache']['epoch_seconds']:.1f} | {row['online']['epoch_seconds']:.1f} | "
-                     f"{summary['epoch_ratios'][name]:.2f} | {row['cache']['test']:.4f} | {row['online']['test']:.4f} |")
+        cache, online = row["cache"], row["online"]
+        lines.append(f"| {name} | {cache['epoch_seconds']:.1f} | {online['epoch_seconds']:.1f} | "
+                     f"{summary['epoch_ratios'][name]:.2f} | {cache['test']:.4f} | {online['test']:.4f} |")
     sweep = summary["sweep_seconds"]
     lines.append(f"| sweep (cache build {sweep['cache_build']:.1f} s + trainings) | {sweep['cache']:.1f} | "
                  f"{sweep['online']:.1f} | {summary['sweep_ratio']:.2f} | | |")
