@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import shutil
 import warnings
 from importlib.metadata import version
@@ -62,8 +63,11 @@ def export_onnx(model: MultiTaskModel, path: Path, opset: int, task: str | None 
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool, reduce_range: bool,
-                  calibration: list[dict[str, np.ndarray]] | None = None) -> None:
-    """Int8 by onnxruntime: dynamic (weights; activations at run time) or static QDQ calibrated on `calibration`."""
+                  calibration: list[dict[str, np.ndarray]] | None = None,
+                  keep_fp32: list[str] | None = None) -> list[str]:
+    """Int8 by onnxruntime: dynamic (weights; activations at run time) or static QDQ calibrated on `calibration`.
+
+    Nodes whose name matches a regular expression of `keep_fp32` stay in fp32; returns their names."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -75,11 +79,12 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
 
     prepared = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    excluded = fp32_node_names(prepared, keep_fp32 or [])
     try:
         if mode == "dynamic":
             quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             reduce_range=reduce_range)
-            return
+                             reduce_range=reduce_range, nodes_to_exclude=excluded)
+            return excluded
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
@@ -91,11 +96,24 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
         quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                         reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+                        nodes_to_exclude=excluded,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        return excluded
     finally:
         prepared.unlink(missing_ok=True)
         for leftover in int8_path.parent.glob("*augmented*.onnx"):
             leftover.unlink()
+
+
+def fp32_node_names(model_path: Path, patterns: list[str]) -> list[str]:
+    """Names of the graph's nodes that match any of the regular expressions (searched, not anchored)."""
+    import onnx
+
+    if not patterns:
+        return []
+    compiled = [re.compile(p) for p in patterns]
+    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+    return [name for name in names if any(p.search(name) for p in compiled)]
 
 
 def calibration_feeds(tasks: list[TaskData], per_task: int, pad_id: int) -> list[dict[str, np.ndarray]]:
@@ -202,12 +220,14 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             int8_path = _graph_files(tmp, precision, model, spec.graphs)
             feeds = calibration_feeds(tasks, spec.calibration_examples, pad_id) if mode == "static" else None
             for (_, source), (_, target) in zip(_by_task(fp32_path), _by_task(int8_path), strict=True):
-                quantize_int8(source, target, mode, spec.per_channel, preset["reduce_range"], feeds)
+                excluded = quantize_int8(source, target, mode, spec.per_channel, preset["reduce_range"], feeds,
+                                         spec.keep_fp32)
             int8 = OnnxForward(int8_path, optimization_level=level)
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev"))
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
             checks["int8"][mode] = {
                 "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel,
+                "fp32_nodes": len(excluded),
                 "reduce_range": preset["reduce_range"],
                 "dev": int8_dev, "metric_delta": delta,
                 "test_label_agreement_vs_fp32": label_agreement(

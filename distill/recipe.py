@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -376,12 +377,25 @@ class ExportSpec(Strict):
     quantization: list[Literal["dynamic", "static"]] = Field(
         default=["dynamic"], description="int8 modes: dynamic (weights only) and/or static (calibrated, QDQ)")
     per_channel: bool = False
+    keep_fp32: list[str] = Field(
+        default=[], description="regular expressions over ONNX node names; matching nodes stay fp32 in int8 models "
+                                "(e.g. 'layer\\.\\d+/output/dense' keeps every FFN output projection in fp32)")
     calibration_examples: int = Field(default=256, gt=0, description="dev examples per task for static int8")
     isa: Literal["auto", "avx2", "avx512", "vnni", "generic"] = "auto"
     optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     opset: int = Field(default=17, ge=14)
     parity_tolerance: float = Field(default=1e-4, gt=0)
     max_int8_drop: float | None = Field(default=None, ge=0, description="fail when int8 loses more dev score")
+
+    @field_validator("keep_fp32")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
+        return value
 
     @field_validator("quantization")
     @classmethod

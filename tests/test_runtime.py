@@ -116,3 +116,27 @@ def test_per_task_graphs_give_the_combined_graphs_predictions(trained_run, tmp_p
     assert [p["ner"] for p in per_task] == [p["ner"] for p in combined]
     only_ner = Predictor(out, precision="int8", tasks=["ner"]).predict(texts)
     assert set(only_ner[0]) == {"ner"}
+
+
+def test_keep_fp32_leaves_matching_nodes_unquantized(trained_run, tmp_path):
+    import onnx
+
+    from distill.exporter import quantize_int8
+
+    fp32 = trained_run / "out" / "artifacts" / "s2" / "model.onnx"
+    plain, partial = tmp_path / "plain.onnx", tmp_path / "partial.onnx"
+    assert quantize_int8(fp32, plain, "dynamic", False, False) == []
+    kept = quantize_int8(fp32, partial, "dynamic", False, False, keep_fp32=[r"layer\.\d+/output/dense/MatMul"])
+    assert kept and all("/output/dense/MatMul" in name and "attention" not in name for name in kept)
+    quantized = {n.name for n in onnx.load(str(partial)).graph.node if n.op_type == "MatMulInteger"}
+    assert not any(name.startswith(k) for k in kept for name in quantized)
+    assert partial.stat().st_size > plain.stat().st_size, "the kept weights stay 4-byte floats"
+
+
+def test_keep_fp32_rejects_a_bad_pattern():
+    import pytest
+
+    from distill.recipe import ExportSpec
+
+    with pytest.raises(ValueError, match="not a regular expression"):
+        ExportSpec(keep_fp32=["layer.(("])
