@@ -37,15 +37,17 @@ def sweep_recipe(recipe: Recipe, students: list[str], teacher_dir: Path, epochs:
     data["teacher"] = {"path": str(teacher_dir), "trust_remote_code": recipe.teacher.trust_remote_code}
     data["students"] = [s.model_dump(mode="json", exclude_defaults=True) for s in recipe.students
                         if s.name in students]
-    data["distillation"] = {**{k: v for k, v in data["distillation"].items() if v is not None},
+    # only what the recipe set: alpha/hidden_weight and losses/stages exclude each other
+    data["distillation"] = {**recipe.distillation.model_dump(mode="json", exclude_unset=True),
                             "epochs": epochs, "teacher_source": source}
-    if recipe.distillation.losses is None:  # alpha/hidden_weight were given: keep them, not a losses block
-        data["distillation"].pop("losses", None)
     return parse_recipe(data, recipe.base_dir, origin=f"{source} sweep")
 
 
-def first_epoch_seconds(log_path: Path) -> float:
-    """Seconds from the start of training to the end of the first epoch's dev evaluation."""
+def first_epoch_seconds(logs: Path, student: str) -> float:
+    """Seconds from the start of training to the end of the first epoch's dev evaluation (first stage's log)."""
+    log_path = logs / f"student-{student}.jsonl"
+    if not log_path.is_file():  # a staged student: one log per stage
+        log_path = sorted(logs.glob(f"student-{student}.*.jsonl"), key=lambda p: p.stat().st_mtime)[0]
     records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()]
     return float(next(r["seconds"] for r in records if "dev_score" in r))
 
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in students:
             row = scores(run_dir / "students" / name, state.tasks, state.pad_id)
             row["train_seconds"] = stages[f"train:{name}"]["seconds"]
-            row["epoch_seconds"] = first_epoch_seconds(run_dir / "logs" / f"student-{name}.jsonl")
+            row["epoch_seconds"] = first_epoch_seconds(run_dir / "logs", name)
             rows[name][source] = row
     summary = compare(rows, cache_seconds)
     cache_entry = read_json(out / "cache" / "cache.json")

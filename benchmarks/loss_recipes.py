@@ -59,7 +59,10 @@ def variant_recipe(recipe: Recipe, name: str, distillation: dict[str, Any], teac
 
 
 def scores(model_dir: Path, tasks: list[TaskData], pad_id: int) -> dict[str, float]:
-    """Mean primary score on dev and test."""
+    """Mean primary score on dev and test (a vocabulary-pruned student reads its own token ids)."""
+    from students.vocab import student_inputs
+
+    tasks, pad_id = student_inputs(model_dir, tasks, pad_id)
     forward = torch_forward(MultiTaskModel.load(model_dir))
     return {split: mean_score(primary_scores(tasks, evaluate(forward, tasks, split, pad_id, desc=split)))
             for split in ("dev", "test")}

@@ -19,11 +19,11 @@ PROJECTION_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q_
 
 
 def attention_projections(layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """The query, key and value linear modules inside one transformer layer."""
+    """The query, key and value projections inside one transformer layer (Linear, or a peft LoRA wrapper)."""
     for module in layer.modules():
         for names in PROJECTION_NAMES:
             found = [getattr(module, n, None) for n in names]
-            if all(isinstance(m, nn.Linear) for m in found):
+            if all(isinstance(m, nn.Module) for m in found):  # a LoRA-wrapped Linear too
                 return found[0], found[1], found[2]
     raise DistillInputError(f"cannot find query/key/value projections in a {type(layer).__name__}")
 

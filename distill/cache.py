@@ -181,7 +181,11 @@ def manifest_shards(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Every shard record of a manifest."""
     for task in manifest["tasks"].values():
         for split in task["splits"].values():
-            yield from split["shards"]
+            for shard in split["shards"]:
+                name = str(shard["file"])
+                if Path(name).name != name or name in {".", ".."} or "\\" in name:  # never a path out of the entry
+                    raise DistillError(f"teacher cache manifest: shard file {name!r} is not a file name")
+                yield shard
 
 
 def corrupt_shards(path: Path, manifest: dict[str, Any]) -> list[str]:

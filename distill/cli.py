@@ -112,8 +112,9 @@ def _main(args: argparse.Namespace) -> int:
         result = api.run_demo(args.out, quick=args.quick, force=args.force, resume=args.resume)
     elif args.command == "sweep":
         run = api.run_recipe(api.load_recipe(args.recipe), args.out, force=args.force, resume=args.resume)
-        print(json.dumps(run, indent=2))
-        print("\n".join(_sweep_summary(Path(args.out) / "report.json")))
+        if is_main_process():
+            print(json.dumps(run, indent=2))
+            print("\n".join(_sweep_summary(Path(args.out) / "report.json")))
         return 0
     else:
         until = "bench" if args.command == "run" else args.command

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -70,8 +71,9 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
     projected |= {0} if any(s.losses.embedding > 0 for s in stages) else set()
     projections = HiddenProjections(int(student.encoder.config.hidden_size), int(teacher_config.hidden_size),
                                     projected)
-    heads = Heads(int(student.encoder.config.num_attention_heads), int(teacher_config.num_attention_heads),
-                  config.relation_heads or int(teacher_config.num_attention_heads))
+    student_config = student.encoder.config
+    heads = Heads(int(student_config.hidden_size) // int(student_config.num_attention_heads),
+                  int(teacher_config.num_attention_heads), config.relation_heads)
     pad_id = int(tokenizer.pad_token_id or 0)
     train = {t.info.name: t.encoded["train"] for t in tasks}
     log.info("student %s: layer pairs (student, teacher) %s, %d projection(s)", name, pairs, len(projections.maps))
@@ -89,12 +91,16 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
             if copied_from is not None:
                 save_layer_map(tmp, copied_from)
 
-    if built is not None:
-        evaluate_dev = built.eligible(evaluate_dev)
+    # QAT and iterative pruning belong to the last (or only) stage: their hooks, and the rule that epochs before
+    # they are done cannot be the saved one, apply there
+    last_evaluate = built.eligible(evaluate_dev) if built is not None else evaluate_dev
+    last_hook = built.on_epoch_start if built is not None else None
 
     staged = len(stages) > 1
     checkpoint_dirs = [checkpoint_dir / stage.name if staged and checkpoint_dir else checkpoint_dir
                        for stage in stages]
+    if staged and checkpoint_dir is not None and not resume and PartialState().is_main_process:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # no stage may later resume an older run's checkpoint
     first = _resume_stage(checkpoint_dirs) if resume else 0
     summaries: list[tuple[str, TrainSummary]] = []
     with attached(student, projections):
@@ -111,16 +117,19 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
             stage_log = log_path.with_name(f"{log_path.stem}.{stage.name}{log_path.suffix}") if staged else log_path
 
             def evaluate_fn(model: torch.nn.Module, stage: StageSpec = stage, objective: StageObjective = objective,
-                            stage_log: Path = stage_log) -> tuple[float, dict]:
+                            stage_log: Path = stage_log, last: bool = last) -> tuple[float, dict]:
                 _write_log(stage_log, {"stage": stage.name, "losses": stage.losses.active(), **objective.epoch_means()})
-                return evaluate_dev(model)
+                return (last_evaluate if last else evaluate_dev)(model)
 
             settings = replace(TrainSettings.from_recipe(recipe, "student"), epochs=stage.epochs)
+            if not last:  # an intermediate stage's dev score says little: it runs all its epochs
+                engine = settings.engine.model_copy(update={"early_stopping_patience": None})
+                settings = replace(settings, engine=engine)
             desc = f"student {name}" + (f" ({stage.name})" if staged else "")
             # Earlier stages keep their last weights in memory for the next stage; only the last one saves.
             summary = train_loop(student, train, pad_id, objective, evaluate_fn, save if last else _keep_in_memory,
                                  settings, stage_log, desc, checkpoint_dirs[number], resume and number == first,
-                                 on_epoch_start=built.on_epoch_start if built is not None else None)
+                                 on_epoch_start=last_hook if last else None)
             summaries.append((stage.name, summary))
     return _combine(summaries)
 
@@ -136,11 +145,21 @@ def _resume_stage(checkpoint_dirs: list[Path | None]) -> int:
 
 @dataclass
 class Heads:
-    """Attention heads of both models, and the relation heads both are split into."""
+    """The student's head size, the teacher's head count, and the relation heads both are split into.
 
-    student: int
+    A student layer's head count is its query width over the head size: heads pruned by `prune_heads` leave
+    `config.num_attention_heads` as it was. Relation heads default to the teacher's head count, or to the
+    greatest common divisor of both head counts when the student has other heads (pruned)."""
+
+    student_head_size: int
     teacher: int
-    relations: int
+    relations: int | None
+
+    def student(self, query: torch.Tensor) -> int:
+        return int(query.shape[-1]) // self.student_head_size
+
+    def relation_heads(self, query: torch.Tensor) -> int:
+        return self.relations or math.gcd(self.teacher, self.student(query))
 
 
 class StageObjective:
@@ -221,10 +240,12 @@ class StageObjective:
         if "attention" in self.weights:
             terms["attention"] = sum(
                 attention_transfer(student_qkv[s][0], student_qkv[s][1], targets.qkv[t][0], targets.qkv[t][1],
-                                   self.heads.student, self.heads.teacher, mask) for s, t in self.qkv_pairs)
+                                   self.heads.student(student_qkv[s][0]), self.heads.teacher, mask)
+                for s, t in self.qkv_pairs)
         if "relations" in self.weights:
-            terms["relations"] = sum(relation_kl(student_qkv[s], targets.qkv[t], self.heads.relations, mask)
-                                     for s, t in self.qkv_pairs)
+            terms["relations"] = sum(
+                relation_kl(student_qkv[s], targets.qkv[t], self.heads.relation_heads(student_qkv[s][0]), mask)
+                for s, t in self.qkv_pairs)
         return terms
 
     def epoch_means(self) -> dict:

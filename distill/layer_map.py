@@ -57,7 +57,7 @@ def needed_teacher_layers(config: DistillationSpec, students: list[StudentSpec],
     hidden: set[int] = set()
     qkv: set[int] = set()
     for spec in students:
-        keep = pick_layers(spec.layers, teacher_layers)
+        keep = pick_layers(spec.layers, teacher_layers, spec.layer_strategy)
         mapped = [t for _, t in layer_pairs(config.layer_map, len(keep), teacher_layers, keep)]
         for stage in config.stage_plan():
             if stage.losses.needs_hidden:

@@ -272,7 +272,9 @@ def stage_export(state: RunState) -> None:
         state.artifacts[name] = directory
         if not model_dir.is_dir():
             raise DistillInputError(f"export: {model_dir} does not exist; run `distill train` for it first")
-        inputs = {"model": sha256_dir(model_dir), "export": recipe.export.model_dump(), "max_length": recipe.max_length}
+        # the data too: the checks, the dev scores and the static calibration read it
+        inputs = {"model": sha256_dir(model_dir), "export": recipe.export.model_dump(), "max_length": recipe.max_length,
+                  "data": fingerprint(state.tasks)}
         # a vocab-pruned student reads its own token ids: its checks and calibration data are remapped
         tasks, pad_id = student_inputs(model_dir, state.tasks, state.pad_id)
         state.run_stage(f"export:{name}", sha256_json(inputs), [directory / "manifest.json"],

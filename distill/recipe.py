@@ -183,6 +183,9 @@ class StudentSpec(Strict):
             raise ValueError("hidden_init needs hidden_size")
         if self.lora is not None and self.qat_epochs:
             raise ValueError("qat_epochs and lora do not combine: QAT needs the full weights being trained")
+        if self.lora is not None and self.prunes and self.pruning.schedule == "iterative":
+            raise ValueError("lora and pruning.schedule: iterative do not combine (the adapters wrap the masked "
+                             "layers); prune one_shot")
         if self.pruning.schedule == "iterative" and not self.prunes:
             raise ValueError("pruning.schedule iterative needs heads or ffn to prune")
         if self.hidden_init == "random" and self.hidden_size is not None and (self.heads or self.ffn):
@@ -448,14 +451,20 @@ class Recipe(Strict):
         if per_task is not None and set(per_task) != {t.name for t in self.tasks}:
             raise ValueError(f"teacher.per_task: name one checkpoint for each task {[t.name for t in self.tasks]}; "
                              f"got {sorted(per_task)}")
-        epochs = math.ceil(self.distillation.epochs)
+        if per_task is not None:
+            other = [t.name for t in self.tasks if t.type not in ("sequence_classification", "token_classification")]
+            if other:
+                raise ValueError(f"teacher.per_task: per-task checkpoints serve sequence and token classification "
+                                 f"tasks; {other} need a multi-task teacher (base_model or path)")
+        # QAT and iterative pruning run in the last (or only) stage
+        epochs = math.ceil(self.distillation.stage_plan()[-1].epochs)
         for student in self.students:
             if student.qat_epochs > epochs:
                 raise ValueError(f"students.{student.name}.qat_epochs: {student.qat_epochs} is more than the "
-                                 f"{epochs} distillation epoch(s)")
+                                 f"{epochs} distillation epoch(s) of the last stage")
             if student.prunes and student.pruning.schedule == "iterative" and student.pruning.rounds > epochs:
                 raise ValueError(f"students.{student.name}.pruning.rounds: {student.pruning.rounds} is more than "
-                                 f"the {epochs} distillation epoch(s)")
+                                 f"the {epochs} distillation epoch(s) of the last stage")
         return self
 
     def resolve(self, path: str) -> str:

@@ -185,7 +185,8 @@ def _qat_settings(recipe: Recipe, spec: StudentSpec) -> QatSettings:
     """Fake quantization that matches the export: the same int8 preset (reduce_range) and per_channel choice."""
     export = recipe.export
     preset = int8_preset(hardware()["isa"]) if export.isa == "auto" else INT8_PRESETS[export.isa]
-    return QatSettings.last_epochs(spec.qat_epochs, recipe.distillation.epochs, bool(preset["reduce_range"]),
+    last_stage_epochs = recipe.distillation.stage_plan()[-1].epochs
+    return QatSettings.last_epochs(spec.qat_epochs, last_stage_epochs, bool(preset["reduce_range"]),
                                    export.per_channel, spec.qat_activations)
 
 

@@ -14,7 +14,7 @@ from transformers.utils import logging as hf_logging
 
 from distill.batching import eval_batches, pad_batch
 from distill.data import EncodedSplit, TaskData
-from distill.losses import cross_entropy
+from distill.losses import task_losses
 from students.structure import bert_layers
 from teachers.multitask import MultiTaskModel
 
@@ -38,8 +38,9 @@ def score_importance(model: MultiTaskModel, tasks: list[TaskData], pad_id: int, 
     `head_mask` (1 = kept) scores a model whose heads are partly masked; masked heads score 0."""
     layers = bert_layers(model.encoder)
     heads_per_layer = int(model.encoder.config.num_attention_heads)
+    device = next(model.parameters()).device
     mask = (head_mask.clone().float() if head_mask is not None
-            else torch.ones(len(layers), heads_per_layer)).requires_grad_(True)
+            else torch.ones(len(layers), heads_per_layer)).to(device).requires_grad_(True)
     heads = torch.zeros(len(layers), heads_per_layer)
     ffn = torch.zeros(len(layers), layers[0].intermediate.dense.out_features)
     was_training = model.training
@@ -56,19 +57,19 @@ def score_importance(model: MultiTaskModel, tasks: list[TaskData], pad_id: int, 
                 batch = pad_batch(task.info.name, split, indices, pad_id)
                 model.zero_grad(set_to_none=True)
                 mask.grad = None
-                out = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask),
-                            task=task.info.name)
-                cross_entropy(out.logits[task.info.name], torch.from_numpy(batch.labels)).backward()
-                heads += mask.grad.abs()
+                out = model(torch.from_numpy(batch.input_ids).to(device),
+                            torch.from_numpy(batch.attention_mask).to(device), task=task.info.name)
+                task_losses(task.info.type, out.logits[task.info.name], torch.from_numpy(batch.labels))[0].backward()
+                heads += mask.grad.abs().cpu()
                 for index, layer in enumerate(layers):
-                    ffn[index] += _taylor(layer.intermediate.dense, layer.output.dense).abs()
+                    ffn[index] += _taylor(layer.intermediate.dense, layer.output.dense).abs().cpu()
     finally:
         hook.remove()
         hf_logging.set_verbosity(verbosity)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     if head_mask is not None:
-        heads = heads * head_mask
+        heads = heads * head_mask.cpu()
     return Importance(heads, ffn)
 
 

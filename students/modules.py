@@ -23,7 +23,8 @@ def fake_quant_int8(weight: torch.Tensor, reduce_range: bool, per_channel: bool)
         zero = torch.zeros_like(scale, dtype=torch.int32)
         return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -qmax, qmax)
     scale = (weight.detach().abs().max() / qmax).clamp_min(1e-12).reshape(1)
-    return torch.fake_quantize_per_tensor_affine(weight, scale, torch.zeros(1, dtype=torch.int32), -qmax, qmax)
+    zero = torch.zeros(1, dtype=torch.int32, device=weight.device)
+    return torch.fake_quantize_per_tensor_affine(weight, scale, zero, -qmax, qmax)
 
 
 def fake_quant_uint8(values: torch.Tensor) -> torch.Tensor:

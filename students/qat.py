@@ -56,8 +56,12 @@ def enable_fake_quant(model: MultiTaskModel, settings: QatSettings) -> int:
 def qat_hook(settings: QatSettings):
     """An on_epoch_start hook for train_loop that turns fake quantization on at `settings.start_epoch`."""
 
+    enabled = False
+
     def on_epoch_start(epoch: int, model: nn.Module) -> None:
-        if epoch == settings.start_epoch:
+        nonlocal enabled
+        if epoch >= settings.start_epoch and not enabled:  # >=: a run resumed after the start epoch too
+            enabled = True
             count = enable_fake_quant(model, settings)
             log.info("epoch %d: quantization-aware training on (%d modules fake-quantized)", epoch, count)
 
