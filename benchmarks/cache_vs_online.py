@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loss_recipes import scores
-from distill.api import demo_recipe
+from benchmarks.run_args import add_run_args, run_recipe_of, run_teacher_dir
 from distill.demo_assets import cache_dir
 from distill.fileio import atomic_write_json, atomic_write_text, read_json
 from distill.pipeline import prepare, run_recipe
-from distill.recipe import Recipe, load_recipe, parse_recipe
+from distill.recipe import Recipe, parse_recipe
 
 SOURCES = ("cache", "online")
 
@@ -82,22 +82,19 @@ def render_markdown(rows: dict[str, dict[str, dict[str, Any]]], summary: dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="the --out directory of a finished run (teacher present)")
-    parser.add_argument("--recipe", type=Path, help="the recipe the run used")
-    parser.add_argument("--demo", action="store_true", help="the run was `distill demo`")
-    parser.add_argument("--quick", action="store_true", help="... with --quick")
+    add_run_args(parser, "the --out directory of a finished run (teacher present)")
     parser.add_argument("--students", nargs="+", help="students of the recipe to train (default: the first three)")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs per student (default 1)")
     parser.add_argument("--out", type=Path, help="where the results go (default RUN_DIR/cache-vs-online)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    recipe = demo_recipe(args.quick) if args.demo else load_recipe(args.recipe)
+    recipe = run_recipe_of(parser, args)
     students = args.students or [s.name for s in recipe.students[:3]]
     unknown = sorted(set(students) - {s.name for s in recipe.students})
     if unknown:
         parser.error(f"no student(s) {unknown} in the recipe")
     out = args.out or args.run_dir / "cache-vs-online"
-    teacher_dir = Path(recipe.resolve(recipe.teacher.path)) if recipe.teacher.path else args.run_dir / "teacher"
+    teacher_dir = run_teacher_dir(recipe, args.run_dir)
     # a fresh, empty teacher cache (the demo's data wheels are shared), so the cached sweep pays its build
     fresh = out / "distill-cache"
     (fresh).mkdir(parents=True, exist_ok=True)

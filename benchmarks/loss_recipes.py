@@ -19,13 +19,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from distill.api import demo_recipe
+from benchmarks.run_args import add_run_args, run_recipe_of, run_teacher_dir
 from distill.data import TaskData
 from distill.evaluation import evaluate, primary_scores, torch_forward
 from distill.fileio import atomic_write_json, atomic_write_text, read_json
 from distill.metrics import mean_score
 from distill.pipeline import prepare, run_recipe
-from distill.recipe import Recipe, load_recipe, parse_recipe
+from distill.recipe import Recipe, parse_recipe
 from teachers.multitask import MultiTaskModel
 
 RECIPES = ("logits", "hidden", "relations", "two_stage")
@@ -78,19 +78,16 @@ def render_markdown(rows: list[dict[str, Any]], teacher: dict[str, float]) -> st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="the --out directory of a finished run (teacher present)")
-    parser.add_argument("--recipe", type=Path, help="the recipe the run used")
-    parser.add_argument("--demo", action="store_true", help="the run was `distill demo`")
-    parser.add_argument("--quick", action="store_true", help="... with --quick")
+    add_run_args(parser, "the --out directory of a finished run (teacher present)")
     parser.add_argument("--layers", type=int, default=2, help="student layers (kept from the teacher)")
     parser.add_argument("--epochs", type=float, help="training epochs per recipe (default: the recipe's)")
     parser.add_argument("--source", choices=("cache", "online"), help="teacher outputs (default: the recipe's)")
     parser.add_argument("--out", type=Path, help="where the results go (default RUN_DIR/loss-recipes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    recipe = demo_recipe(args.quick) if args.demo else load_recipe(args.recipe)
+    recipe = run_recipe_of(parser, args)
     out = args.out or args.run_dir / "loss-recipes"
-    teacher_dir = Path(recipe.resolve(recipe.teacher.path)) if recipe.teacher.path else args.run_dir / "teacher"
+    teacher_dir = run_teacher_dir(recipe, args.run_dir)
     state = prepare(recipe, out)
     teacher = scores(teacher_dir, state.tasks, state.pad_id)
     rows = []

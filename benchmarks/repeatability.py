@@ -11,26 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
 from benchmarks.report import model_key
+from benchmarks.run_args import add_run_args, run_recipe_of
 from benchmarks.suite import model_entries, run_benchmarks
-from distill.api import demo_recipe
 from distill.fileio import atomic_write_json
 from distill.pipeline import prepare
-from distill.recipe import load_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="the --out directory of a finished run")
-    parser.add_argument("--recipe", type=Path, help="the recipe the run used")
-    parser.add_argument("--demo", action="store_true", help="the run was `distill demo`")
-    parser.add_argument("--quick", action="store_true", help="... with --quick")
+    add_run_args(parser, "the --out directory of a finished run")
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    recipe = demo_recipe(args.quick) if args.demo else load_recipe(args.recipe)
+    recipe = run_recipe_of(parser, args)
     state = prepare(recipe, args.run_dir)
     models = {"teacher": args.run_dir / "teacher", **{s.name: args.run_dir / "students" / s.name
                                                       for s in recipe.students}}

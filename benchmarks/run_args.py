@@ -1,0 +1,29 @@
+"""The command-line arguments that name a finished run and its recipe, shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from distill.api import demo_recipe
+from distill.recipe import Recipe, load_recipe
+
+
+def add_run_args(parser: argparse.ArgumentParser, run_help: str) -> None:
+    """RUN_DIR, and --recipe or --demo [--quick]."""
+    parser.add_argument("run_dir", type=Path, help=run_help)
+    parser.add_argument("--recipe", type=Path, help="the recipe the run used")
+    parser.add_argument("--demo", action="store_true", help="the run was `distill demo`")
+    parser.add_argument("--quick", action="store_true", help="... with --quick")
+
+
+def run_recipe_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Recipe:
+    """The recipe the arguments name (an argparse error when neither --demo nor --recipe is given)."""
+    if not args.demo and args.recipe is None:
+        parser.error("give --demo or --recipe RECIPE")
+    return demo_recipe(args.quick) if args.demo else load_recipe(args.recipe)
+
+
+def run_teacher_dir(recipe: Recipe, run_dir: Path) -> Path:
+    """The run's teacher: the recipe's given teacher, or the one the run fine-tuned."""
+    return Path(recipe.resolve(recipe.teacher.path)) if recipe.teacher.path else run_dir / "teacher"
