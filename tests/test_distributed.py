@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,18 +24,33 @@ def _log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_processes_train_and_save_like_one(trained_run, tmp_path):
+def _launcher(kind: str, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """accelerate's command line and environment for two CPU processes."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if kind == "mpirun":
+        # `--cpu --num_processes N` starts N processes through mpirun when given a hostfile
+        if shutil.which("mpirun") is None:
+            pytest.skip("mpirun is not installed (apt-get install openmpi-bin)")
+        hostfile = tmp_path / "hostfile"
+        hostfile.write_text("localhost slots=2\n")
+        env |= {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_btl": "self,tcp"}
+        return launch + ["--cpu", "--mpirun_hostfile", str(hostfile)], env
+    # --multi_gpu is accelerate's torchrun launcher; without a GPU the processes train on the CPU over gloo
+    return launch + ["--multi_gpu"], env | {"CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.mark.parametrize("kind", ["torchrun", "mpirun"])
+def test_two_processes_train_and_save_like_one(trained_run, tmp_path, kind):
     recipe = yaml.safe_load((trained_run / "recipe.yaml").read_text())
     # checkpoints gather every process's random state; uncertainty weights are all-reduced by hand
     recipe["training"] = {"checkpoint_every_steps": 3, "uncertainty_weighting": True}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "out"
-    # --multi_gpu is accelerate's torchrun launcher; without a GPU the processes train on the CPU over gloo
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "distill.cli", "train", str(path), "--out", str(out)]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    launch, env = _launcher(kind, tmp_path)
+    command = launch + ["-m", "distill.cli", "train", str(path), "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     run = json.loads(done.stdout)  # printed by the main process only
