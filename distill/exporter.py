@@ -7,6 +7,7 @@ import platform
 import re
 import shutil
 import warnings
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,14 @@ import torch
 
 from distill.batching import eval_batches, pad_batch
 from distill.data import IGNORE_INDEX, EncodedSplit, TaskData, TaskInfo
+from distill.embedding_int8 import embedding_gathers, quantize_embedding_rows
 from distill.errors import DistillError
 from distill.evaluation import ForwardFn, evaluate, predict, primary_scores, torch_forward
 from distill.fileio import atomic_directory, atomic_write_json, sha256_dir, sha256_file
 from distill.hardware import INT8_PRESETS, hardware, int8_preset
+from distill.int8_fallback import FallbackSearch, logit_noise, search_fp32_fallbacks, weight_matmuls
 from distill.metrics import multi_label_decisions
+from distill.progress import progress
 from distill.recipe import ExportSpec
 from distill.runtime import MODEL_FILES, OnnxForward, output_name, task_file
 from teachers.multitask import TASKS_FILE, MultiTaskModel
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 PARITY_EXAMPLES = 256
 INT8_WARN_DROP = 0.01
+FALLBACK_NOISE_EXAMPLES = 128  # dev examples per task on which each node's int8 noise is measured
 REGRESSION_TOLERANCE = 0.05  # regression outputs "agree" within this share of the gold values' std
 
 
@@ -64,10 +69,14 @@ def export_onnx(model: MultiTaskModel, path: Path, opset: int, task: str | None 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool, reduce_range: bool,
                   calibration: list[dict[str, np.ndarray]] | None = None,
-                  keep_fp32: list[str] | None = None) -> list[str]:
+                  keep_fp32: list[str] | None = None, embeddings: str = "per_row",
+                  fp32_nodes: list[str] | None = None, only_nodes: list[str] | None = None) -> list[str]:
     """Int8 by onnxruntime: dynamic (weights; activations at run time) or static QDQ calibrated on `calibration`.
 
-    Nodes whose name matches a regular expression of `keep_fp32` stay in fp32; returns their names."""
+    Nodes whose name matches a regular expression of `keep_fp32`, or is in `fp32_nodes`, stay in fp32; with
+    `only_nodes`, only those are quantized (embeddings stay fp32). Embedding tables: `per_row` (int8, one
+    scale per row, see `distill.embedding_int8`), `per_tensor` (onnxruntime's) or `fp32`. Returns the names
+    of the nodes kept in fp32."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -79,30 +88,81 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
 
     prepared = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    excluded = fp32_node_names(prepared, keep_fp32 or [])
+    excluded = sorted(set(fp32_node_names(prepared, keep_fp32 or [])) | set(fp32_nodes or []))
+    tables = embedding_gathers(prepared) if embeddings != "per_tensor" or only_nodes is not None else []
+    common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
+                              "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
     try:
         if mode == "dynamic":
-            quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             reduce_range=reduce_range, nodes_to_exclude=excluded)
-            return excluded
+            quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8, **common)
+        else:
+            class Reader(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self.feeds = iter(calibration or [])
 
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.feeds = iter(calibration or [])
+                def get_next(self) -> dict | None:
+                    return next(self.feeds, None)
 
-            def get_next(self) -> dict | None:
-                return next(self.feeds, None)
-
-        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                        reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm", "Gather"],
-                        nodes_to_exclude=excluded,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+            quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
+        if embeddings == "per_row" and only_nodes is None:
+            quantize_embedding_rows(int8_path, tables)
         return excluded
     finally:
         prepared.unlink(missing_ok=True)
         for leftover in int8_path.parent.glob("*augmented*.onnx"):
             leftover.unlink()
+
+
+def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, preset: dict[str, Any],
+                    feeds: list[dict[str, np.ndarray]] | None, tasks: list[TaskData],
+                    pad_id: int) -> tuple[list[str], FallbackSearch | None]:
+    """One int8 graph; with `export.int8_min_agreement`, the fp32 fallback search on dev (see int8_fallback)."""
+    def quantize(path: Path, fp32_nodes: list[str] | None = None, only: list[str] | None = None) -> list[str]:
+        return quantize_int8(source, path, mode, spec.per_channel, preset["reduce_range"], feeds, spec.keep_fp32,
+                             spec.int8_embeddings, fp32_nodes, only)
+
+    if spec.int8_min_agreement is None:
+        return quantize(target), None
+    level = spec.optimization_level
+    reference = OnnxForward(source, optimization_level=level)
+    dev_fp32 = _predictions(reference, tasks, "dev", pad_id)
+    sample = [_dev_sample(t, FALLBACK_NOISE_EXAMPLES) for t in tasks]
+    sample_fp32 = _predictions(reference, sample, "dev", pad_id)
+    kept = fp32_node_names(source, spec.keep_fp32)
+    candidates = [n for n in weight_matmuls(source) if n not in kept]
+    probe = target.with_name(f"{target.stem}.probe.onnx")
+
+    def noise_of(node: str) -> float:
+        quantize(probe, only=[node])
+        return logit_noise(sample_fp32, _predictions(OnnxForward(probe, optimization_level=level), sample, "dev",
+                                                     pad_id))
+
+    def agreement_with(fp32_nodes: list[str]) -> dict[str, float]:
+        quantize(target, fp32_nodes)
+        return label_agreement(tasks, "dev", _predictions(OnnxForward(target, optimization_level=level), tasks,
+                                                          "dev", pad_id), dev_fp32)
+
+    try:
+        search = search_fp32_fallbacks(candidates, noise_of, agreement_with, spec.int8_min_agreement,
+                                       spec.int8_max_fp32_nodes,
+                                       lambda nodes: progress(nodes, desc=f"int8 noise per node ({target.name})",
+                                                              leave=False, unit="node"))
+    finally:
+        probe.unlink(missing_ok=True)
+    if not search.reached:
+        log.warning("%s: int8 dev agreement %s is below export.int8_min_agreement %s with %d node(s) in fp32 "
+                    "(export.int8_max_fp32_nodes)", target.name, search.agreement, spec.int8_min_agreement,
+                    len(search.nodes))
+    return sorted(set(kept) | set(search.nodes)), search
+
+
+def _dev_sample(task: TaskData, n: int) -> TaskData:
+    dev = task.encoded["dev"]
+    words = dev.words[:n] if dev.words is not None else None
+    return replace(task, encoded={"dev": EncodedSplit(dev.input_ids[:n], dev.labels[:n], words)})
 
 
 def fp32_node_names(model_path: Path, patterns: list[str]) -> list[str]:
@@ -219,15 +279,20 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             precision = "int8" if mode == "dynamic" else "int8-static"
             int8_path = _graph_files(tmp, precision, model, spec.graphs)
             feeds = calibration_feeds(tasks, spec.calibration_examples, pad_id) if mode == "static" else None
-            for (_, source), (_, target) in zip(_by_task(fp32_path), _by_task(int8_path), strict=True):
-                excluded = quantize_int8(source, target, mode, spec.per_channel, preset["reduce_range"], feeds,
-                                         spec.keep_fp32)
+            excluded, searches = [], {}
+            for (task, source), (_, target) in zip(_by_task(fp32_path), _by_task(int8_path), strict=True):
+                graph_tasks = [t for t in tasks if task is None or t.info.name == task]
+                kept, search = _quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id)
+                excluded += kept
+                if search is not None:
+                    searches[task or "model"] = search.as_dict()
             int8 = OnnxForward(int8_path, optimization_level=level)
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev"))
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
             checks["int8"][mode] = {
                 "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel,
-                "fp32_nodes": len(excluded),
+                "fp32_nodes": len(excluded), "embeddings": spec.int8_embeddings,
+                **({"fp32_fallback": searches} if searches else {}),
                 "reduce_range": preset["reduce_range"],
                 "dev": int8_dev, "metric_delta": delta,
                 "test_label_agreement_vs_fp32": label_agreement(

@@ -383,6 +383,14 @@ class ExportSpec(Strict):
     keep_fp32: list[str] = Field(
         default=[], description="regular expressions over ONNX node names; matching nodes stay fp32 in int8 models "
                                 "(e.g. 'layer\\.\\d+/output/dense' keeps every FFN output projection in fp32)")
+    int8_embeddings: Literal["per_row", "per_tensor", "fp32"] = Field(
+        default="per_row", description="embedding tables in int8 models: int8 with one scale per row, "
+                                       "onnxruntime's one scale per table, or kept fp32")
+    int8_min_agreement: float | None = Field(
+        default=None, gt=0, le=1, description="keep the weight MatMuls with the most int8 noise in fp32, one at a "
+                                              "time, until int8 and fp32 agree on this share of every task's dev "
+                                              "labels (off when unset)")
+    int8_max_fp32_nodes: int = Field(default=8, ge=0, description="most MatMuls int8_min_agreement may keep in fp32")
     calibration_examples: int = Field(default=256, gt=0, description="dev examples per task for static int8")
     isa: Literal["auto", "avx2", "avx512", "vnni", "generic"] = "auto"
     optimization_level: Literal["disable", "basic", "extended", "all"] = "all"

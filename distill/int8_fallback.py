@@ -1,0 +1,79 @@
+"""Accuracy-aware int8: keep in fp32 the few weight MatMuls whose int8 noise moves predictions the most.
+
+onnxruntime's dynamic int8 quantizes each MatMul's input with one scale per tensor; on a task with many
+borderline examples that noise flips labels (1-2 % of the demo's sentiment test set), and most of it comes
+from a few nodes (the first layer's feed-forward block, on the demo). With `export.int8_min_agreement`,
+each candidate node is quantized alone on a dev sample and ranked by how far it moves the logits; then the
+noisiest nodes go back to fp32 one at a time until int8 and fp32 agree on the dev labels of every task."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FallbackSearch:
+    """What the search did, for the manifest."""
+
+    target: float
+    nodes: list[str] = field(default_factory=list)
+    agreement_before: dict[str, float] = field(default_factory=dict)
+    agreement: dict[str, float] = field(default_factory=dict)
+    noise: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reached(self) -> bool:
+        return min(self.agreement.values(), default=1.0) >= self.target
+
+    def as_dict(self) -> dict:
+        top = dict(sorted(self.noise.items(), key=lambda kv: -kv[1])[:10])
+        return {"target_dev_agreement": self.target, "reached": self.reached, "fp32_nodes": self.nodes,
+                "dev_agreement_all_int8": self.agreement_before, "dev_agreement": self.agreement,
+                "noisiest_nodes": top}
+
+
+def search_fp32_fallbacks(candidates: list[str], noise_of: Callable[[str], float],
+                          agreement_with: Callable[[list[str]], dict[str, float]], target: float, max_nodes: int,
+                          progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> FallbackSearch:
+    """Rank `candidates` by `noise_of` (one node quantized alone) and move the noisiest to fp32 one by one
+    until `agreement_with(fp32 nodes)` (dev label agreement per task) is at least `target` everywhere, or
+    `max_nodes` are in fp32."""
+    result = FallbackSearch(target=target)
+    result.agreement_before = result.agreement = agreement_with([])
+    if result.reached or max_nodes == 0:
+        return result
+    result.noise = {name: noise_of(name) for name in progress(candidates)}
+    for name in sorted(candidates, key=lambda n: -result.noise[n])[:max_nodes]:
+        result.nodes.append(name)
+        result.agreement = agreement_with(result.nodes)
+        log.info("int8 fallback: %d node(s) in fp32, dev agreement %s", len(result.nodes),
+                 {k: round(v, 4) for k, v in result.agreement.items()})
+        if result.reached:
+            break
+    return result
+
+
+def weight_matmuls(model_path: Path) -> list[str]:
+    """MatMul/Gemm nodes whose second input is a stored weight (what dynamic int8 quantizes)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
+
+
+def logit_noise(reference: dict[str, list[np.ndarray]], other: dict[str, list[np.ndarray]]) -> float:
+    """Mean over tasks of RMS(other - reference) / RMS(reference): how far int8 moved the logits."""
+    ratios = []
+    for task, ref in reference.items():
+        a = np.concatenate([np.ravel(x) for x in ref])
+        b = np.concatenate([np.ravel(x) for x in other[task]])
+        ratios.append(float(np.sqrt(np.mean((b - a) ** 2)) / (np.sqrt(np.mean(a ** 2)) + 1e-12)))
+    return float(np.mean(ratios))

@@ -1,0 +1,108 @@
+"""Int8 details: per-row embedding tables and the accuracy-aware fp32 fallback search."""
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from distill.data import encode_tasks, load_tasks
+from distill.embedding_int8 import embedding_gathers, quantize_rows
+from distill.exporter import export_artifact, quantize_int8
+from distill.int8_fallback import logit_noise, search_fp32_fallbacks
+from distill.recipe import ExportSpec, load_recipe
+from distill.runtime import OnnxForward
+from distill.tokenizer import load_tokenizer
+
+
+def test_quantize_rows_keeps_each_row_within_half_its_own_step():
+    table = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
+    table[3] *= 100  # one row of large values must not coarsen the others
+    table[7] = 0
+    rows, scales = quantize_rows(table)
+    assert rows.dtype == np.int8 and scales.shape == (50, 1)
+    error = np.abs(rows * scales - table)
+    assert np.all(error <= scales / 2 + 1e-6)
+    assert np.all(rows[7] == 0) and np.abs(rows[3]).max() == 127
+    assert error[np.arange(50) != 3].max() < 0.02
+
+
+def _float_tables(path):
+    graph = onnx.load(str(path)).graph
+    return {i.name: numpy_helper.to_array(i) for i in graph.initializer}, graph
+
+
+def test_per_row_embeddings_replace_the_float_tables(trained_run, tmp_path):
+    fp32 = trained_run / "out" / "artifacts" / "s2" / "model.onnx"
+    gathers = embedding_gathers(fp32)
+    assert any("word_embeddings" in name for name in gathers)
+    files = {mode: tmp_path / f"{mode}.onnx" for mode in ("per_row", "per_tensor", "fp32")}
+    for mode, path in files.items():
+        quantize_int8(fp32, path, "dynamic", False, False, embeddings=mode)
+    tables, graph = _float_tables(files["per_row"])
+    rows = [name for name in tables if name.endswith("_int8_rows")]
+    assert len(rows) == len({n.input[0] for n in onnx.load(str(fp32)).graph.node if n.name in gathers})
+    assert all(tables[name].dtype == np.int8 for name in rows)
+    assert not embedding_gathers(files["per_row"]), "no Gather reads a float table any more"
+    assert files["per_row"].stat().st_size < files["fp32"].stat().st_size
+    assert set(embedding_gathers(files["fp32"])) == set(gathers)
+
+    ids = np.array([[2, 17, 30, 9, 3, 0]], dtype=np.int64)
+    mask = (ids != 0).astype(np.int64)
+    outputs = {mode: OnnxForward(path)("sentiment", ids, mask) for mode, path in files.items()}
+    reference = OnnxForward(fp32)("sentiment", ids, mask)
+    assert all(out.shape == reference.shape for out in outputs.values())
+    assert np.abs(outputs["per_row"] - reference).max() < 0.5
+
+
+def test_search_moves_the_noisiest_nodes_to_fp32_until_the_target():
+    noise = {"a": 0.1, "b": 0.5, "c": 0.3, "d": 0.0}
+    helpful = {"b", "c"}
+
+    def agreement(nodes):
+        return {"t": 0.99 + 0.004 * len(helpful & set(nodes)), "u": 1.0}
+
+    done = search_fp32_fallbacks(list(noise), noise.get, agreement, target=0.997, max_nodes=4)
+    assert done.nodes == ["b", "c"] and done.reached
+    assert done.agreement_before["t"] == pytest.approx(0.99) and done.agreement["t"] == pytest.approx(0.998)
+
+    capped = search_fp32_fallbacks(list(noise), noise.get, agreement, target=0.997, max_nodes=1)
+    assert capped.nodes == ["b"] and not capped.reached
+
+    def unused(_):
+        raise AssertionError("no node is ranked when int8 already agrees")
+
+    assert search_fp32_fallbacks(list(noise), unused, lambda _: {"t": 1.0}, 0.997, 4).nodes == []
+
+
+def test_logit_noise_is_relative_to_the_logits():
+    ref = {"t": [np.array([1.0, -1.0]), np.array([2.0, 0.0])]}
+    assert logit_noise(ref, ref) == 0
+    assert logit_noise(ref, {"t": [2 * x for x in ref["t"]]}) == pytest.approx(1.0)
+
+
+def test_export_keeps_the_chosen_fallback_nodes_in_fp32(trained_run, tiny_base, tmp_path, monkeypatch, caplog):
+    import distill.exporter as exporter
+
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(tiny_base)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    # int8 never agrees well enough, so the search keeps the two noisiest nodes and says it fell short
+    monkeypatch.setattr(exporter, "label_agreement", lambda tasks, *_: {t.info.name: 0.5 for t in tasks})
+    spec = ExportSpec(quantization=["dynamic"], int8_min_agreement=0.99, int8_max_fp32_nodes=2)
+    with caplog.at_level(logging.WARNING):
+        manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
+                                   recipe.max_length, tokenizer.pad_token_id)
+    search = manifest["checks"]["int8"]["dynamic"]["fp32_fallback"]["model"]
+    assert not search["reached"] and len(search["fp32_nodes"]) == 2
+    noisiest = sorted(search["noisiest_nodes"], key=lambda n: -search["noisiest_nodes"][n])[:2]
+    assert search["fp32_nodes"] == noisiest
+    assert manifest["checks"]["int8"]["dynamic"]["fp32_nodes"] == 2
+    graph = onnx.load(str(tmp_path / "a" / "model.int8.onnx")).graph
+    floats = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")}
+    assert set(search["fp32_nodes"]) <= floats
+    assert any(n.op_type == "MatMulInteger" for n in graph.node)
+    assert "below export.int8_min_agreement" in caplog.text
+    assert not list((tmp_path / "a").glob("*probe*"))
