@@ -47,7 +47,7 @@ def train_student(recipe: Recipe, tasks: list[TaskData], teacher_dir: Path, sour
     """Build the student from the teacher's layers, distil it, and save the best (dev) student.
 
     Checkpoints go to `checkpoint_dir` (when given); `resume` continues from the newest one there."""
-    seed_everything(recipe.seed)
+    seed_everything(recipe.training_seed)
     built = build_student(recipe, spec, tasks, teacher_dir, tokenizer)
     teacher_config = AutoConfig.from_pretrained(teacher_dir, trust_remote_code=recipe.teacher.trust_remote_code)
     return distil(built.model, teacher_config, recipe, tasks, source, tokenizer, out_dir, log_path, spec.name,
@@ -112,7 +112,7 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
                                        encoder_layers(student.encoder),
                                        {t.name: t.weight for t in recipe.tasks},
                                        {t.info.name: t.info.type for t in tasks},
-                                       _total_steps(train, stage.epochs, config.batch_size, recipe.seed))
+                                       _total_steps(train, stage.epochs, config.batch_size, recipe.training_seed))
             _check_source_layers(source, objective.teacher_hidden)
             stage_log = log_path.with_name(f"{log_path.stem}.{stage.name}{log_path.suffix}") if staged else log_path
 

@@ -117,15 +117,16 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
 
 
 def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, preset: dict[str, Any],
-                    feeds: list[dict[str, np.ndarray]] | None, tasks: list[TaskData],
-                    pad_id: int) -> tuple[list[str], FallbackSearch | None]:
-    """One int8 graph; with `export.int8_min_agreement`, the fp32 fallback search on dev (see int8_fallback)."""
+                    feeds: list[dict[str, np.ndarray]] | None, tasks: list[TaskData], pad_id: int,
+                    found: list[str] | None = None) -> tuple[list[str], FallbackSearch | None]:
+    """One int8 graph; with `export.int8_min_agreement`, the fp32 fallback search on dev (see int8_fallback),
+    unless another mode's search `found` the nodes already."""
     def quantize(path: Path, fp32_nodes: list[str] | None = None, only: list[str] | None = None) -> list[str]:
         return quantize_int8(source, path, mode, spec.per_channel, preset["reduce_range"], feeds, spec.keep_fp32,
                              spec.int8_embeddings, fp32_nodes, only)
 
-    if spec.int8_min_agreement is None:
-        return quantize(target), None
+    if spec.int8_min_agreement is None or found is not None:
+        return quantize(target, found), None
     level = spec.optimization_level
     reference = OnnxForward(source, optimization_level=level)
     dev_fp32 = _predictions(reference, tasks, "dev", pad_id)
@@ -275,6 +276,9 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             "test_label_agreement_fp32_vs_torch": label_agreement(tasks, "test", fp32_test, torch_test),
             "int8": {},
         }
+        # the fp32 fallback search runs in the first int8 mode; later modes keep the same nodes in fp32
+        fallbacks: dict[str | None, list[str]] = {}
+        first_mode = spec.quantization[0]
         for mode in spec.quantization if spec.int8 else []:
             precision = "int8" if mode == "dynamic" else "int8-static"
             int8_path = _graph_files(tmp, precision, model, spec.graphs)
@@ -282,10 +286,14 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             excluded, searches = [], {}
             for (task, source), (_, target) in zip(_by_task(fp32_path), _by_task(int8_path), strict=True):
                 graph_tasks = [t for t in tasks if task is None or t.info.name == task]
-                kept, search = _quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id)
+                kept, search = _quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id,
+                                               fallbacks.get(task))
                 excluded += kept
                 if search is not None:
                     searches[task or "model"] = search.as_dict()
+                    fallbacks[task] = search.nodes
+                elif task in fallbacks:
+                    searches[task or "model"] = {"fp32_nodes": fallbacks[task], "searched_in": first_mode}
             int8 = OnnxForward(int8_path, optimization_level=level)
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev"))
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}

@@ -341,6 +341,9 @@ class TrainingSpec(Strict):
     early_stopping_patience: int | None = Field(
         default=None, gt=0, description="stop after this many epochs without a better dev score")
     tensorboard: bool = Field(default=False, description="also write TensorBoard event files under logs/tensorboard")
+    seed: int | None = Field(
+        default=None, description="seeds initialisation, dropout and the batch order (default: the recipe's seed, "
+                                  "which also draws the splits); change it to see what another seed moves")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -389,7 +392,8 @@ class ExportSpec(Strict):
     int8_min_agreement: float | None = Field(
         default=None, gt=0, le=1, description="keep the weight MatMuls with the most int8 noise in fp32, one at a "
                                               "time, until int8 and fp32 agree on this share of every task's dev "
-                                              "labels (off when unset)")
+                                              "labels (off when unset); searched in the first quantization mode, "
+                                              "the other modes keep the same nodes")
     int8_max_fp32_nodes: int = Field(default=8, ge=0, description="most MatMuls int8_min_agreement may keep in fp32")
     calibration_examples: int = Field(default=256, gt=0, description="dev examples per task for static int8")
     isa: Literal["auto", "avx2", "avx512", "vnni", "generic"] = "auto"
@@ -448,6 +452,11 @@ class Recipe(Strict):
     export: ExportSpec = ExportSpec()
     bench: BenchSpec = BenchSpec()
     base_dir: Path = Field(default=Path("."), exclude=True, description="where relative paths start")
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of initialisation, dropout and batch order (training.seed, else the recipe's seed)."""
+        return self.seed if self.training.seed is None else self.training.seed
 
     @model_validator(mode="after")
     def _unique(self) -> Recipe:

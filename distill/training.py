@@ -63,7 +63,7 @@ class TrainSettings:
         """The teacher's (teacher:) or the students' (distillation:) optimisation, with the recipe's training:."""
         spec = recipe.teacher if role == "teacher" else recipe.distillation
         key = "teacher.batch_size" if role == "teacher" else "distillation.batch_size"
-        return cls(spec.epochs, spec.batch_size, spec.learning_rate, spec.warmup_ratio, recipe.seed,
+        return cls(spec.epochs, spec.batch_size, spec.learning_rate, spec.warmup_ratio, recipe.training_seed,
                    recipe.training, key)
 
     def fingerprint(self, num_processes: int, train: dict[str, EncodedSplit]) -> str:

@@ -27,7 +27,7 @@ def fine_tune_teacher(recipe: Recipe, tasks: list[TaskData], base_model: str, to
 
     Checkpoints go to `checkpoint_dir` (when given); `resume` continues from the newest one there."""
     spec = recipe.teacher
-    seed_everything(recipe.seed)
+    seed_everything(recipe.training_seed)
     encoder = AutoModel.from_pretrained(base_model, trust_remote_code=spec.trust_remote_code)
     model = MultiTaskModel(encoder, [t.info for t in tasks])
     weights = {t.name: t.weight for t in recipe.tasks}

@@ -36,9 +36,9 @@ def _launcher(kind: str, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
         hostfile = tmp_path / "hostfile"
         hostfile.write_text("localhost slots=2\n")
         env |= {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_btl": "self,tcp"}
-        return launch + ["--cpu", "--mpirun_hostfile", str(hostfile)], env
+        return [*launch, "--cpu", "--mpirun_hostfile", str(hostfile)], env
     # --multi_gpu is accelerate's torchrun launcher; without a GPU the processes train on the CPU over gloo
-    return launch + ["--multi_gpu"], env | {"CUDA_VISIBLE_DEVICES": ""}
+    return [*launch, "--multi_gpu"], env | {"CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.mark.parametrize("kind", ["torchrun", "mpirun"])
@@ -50,7 +50,7 @@ def test_two_processes_train_and_save_like_one(trained_run, tmp_path, kind):
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "out"
     launch, env = _launcher(kind, tmp_path)
-    command = launch + ["-m", "distill.cli", "train", str(path), "--out", str(out)]
+    command = [*launch, "-m", "distill.cli", "train", str(path), "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     run = json.loads(done.stdout)  # printed by the main process only

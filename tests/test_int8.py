@@ -40,7 +40,7 @@ def test_per_row_embeddings_replace_the_float_tables(trained_run, tmp_path):
     files = {mode: tmp_path / f"{mode}.onnx" for mode in ("per_row", "per_tensor", "fp32")}
     for mode, path in files.items():
         quantize_int8(fp32, path, "dynamic", False, False, embeddings=mode)
-    tables, graph = _float_tables(files["per_row"])
+    tables, _graph = _float_tables(files["per_row"])
     rows = [name for name in tables if name.endswith("_int8_rows")]
     assert len(rows) == len({n.input[0] for n in onnx.load(str(fp32)).graph.node if n.name in gathers})
     assert all(tables[name].dtype == np.int8 for name in rows)
@@ -91,7 +91,8 @@ def test_export_keeps_the_chosen_fallback_nodes_in_fp32(trained_run, tiny_base, 
     encode_tasks(tasks, tokenizer, recipe.max_length)
     # int8 never agrees well enough, so the search keeps the two noisiest nodes and says it fell short
     monkeypatch.setattr(exporter, "label_agreement", lambda tasks, *_: {t.info.name: 0.5 for t in tasks})
-    spec = ExportSpec(quantization=["dynamic"], int8_min_agreement=0.99, int8_max_fp32_nodes=2)
+    spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=0.99, int8_max_fp32_nodes=2,
+                      calibration_examples=8)
     with caplog.at_level(logging.WARNING):
         manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
                                    recipe.max_length, tokenizer.pad_token_id)
@@ -105,4 +106,6 @@ def test_export_keeps_the_chosen_fallback_nodes_in_fp32(trained_run, tiny_base, 
     assert set(search["fp32_nodes"]) <= floats
     assert any(n.op_type == "MatMulInteger" for n in graph.node)
     assert "below export.int8_min_agreement" in caplog.text
+    static = manifest["checks"]["int8"]["static"]["fp32_fallback"]["model"]
+    assert static == {"fp32_nodes": search["fp32_nodes"], "searched_in": "dynamic"}, "static reuses the search"
     assert not list((tmp_path / "a").glob("*probe*"))
