@@ -187,7 +187,7 @@ def _qat_settings(recipe: Recipe, spec: StudentSpec) -> QatSettings:
     preset = int8_preset(hardware()["isa"]) if export.isa == "auto" else INT8_PRESETS[export.isa]
     last_stage_epochs = recipe.distillation.stage_plan()[-1].epochs
     return QatSettings.last_epochs(spec.qat_epochs, last_stage_epochs, bool(preset["reduce_range"]),
-                                   export.per_channel, spec.qat_activations)
+                                   export.per_channel, spec.qat_activations, export.int8_embeddings)
 
 
 def _random_student(teacher: MultiTaskModel, keep: list[int], spec: StudentSpec,

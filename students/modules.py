@@ -36,11 +36,20 @@ def fake_quant_uint8(values: torch.Tensor) -> torch.Tensor:
     return torch.fake_quantize_per_tensor_affine(values, scale, zero, 0, UINT8_MAX)
 
 
+def fake_quant_rows(table: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 round trip with one scale per row (the export's per_row embedding tables)."""
+    scale = table.detach().abs().amax(dim=1) / INT8_MAX
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = torch.zeros_like(scale, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(table, scale, zero, 0, -INT8_MAX, INT8_MAX)
+
+
 class StudentEmbedding(nn.Embedding):
     """An embedding that takes teacher token ids (mapped through `id_map` to the kept rows) and can fake-quantize
-    its table to uint8 (how onnxruntime's int8 export stores an embedding Gather)."""
+    its table the way the int8 export stores it: `per_row` (int8, a scale per row) or `per_tensor` (onnxruntime's
+    uint8 Gather)."""
 
-    def __init__(self, source: nn.Embedding, id_map: torch.Tensor | None = None, fake_quant: bool = False):
+    def __init__(self, source: nn.Embedding, id_map: torch.Tensor | None = None, fake_quant: str | None = None):
         super().__init__(source.num_embeddings, source.embedding_dim, source.padding_idx, device="meta")
         self.weight = source.weight  # the same Parameter object, so optimizer state follows it
         self.register_buffer("id_map", id_map, persistent=False)
@@ -49,7 +58,11 @@ class StudentEmbedding(nn.Embedding):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.id_map is not None:
             ids = self.id_map[ids]
-        weight = fake_quant_uint8(self.weight) if self.fake_quant else self.weight
+        weight = self.weight
+        if self.fake_quant == "per_row":
+            weight = fake_quant_rows(weight)
+        elif self.fake_quant == "per_tensor":
+            weight = fake_quant_uint8(weight)
         return F.embedding(ids, weight, self.padding_idx)
 
 

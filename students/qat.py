@@ -2,7 +2,8 @@
 
 What is simulated is what `export` builds with onnxruntime's dynamic quantization: every encoder Linear
 weight as symmetric int8 (per tensor, or per channel with `export.per_channel`; 7-bit with the reduce_range
-of non-VNNI CPUs), the embedding tables as uint8, and optionally every Linear input as dynamic uint8.
+of non-VNNI CPUs), the embedding tables as `export.int8_embeddings` stores them (int8 per row, or uint8 per
+table), and optionally every Linear input as dynamic uint8.
 Gradients pass straight through the rounding. The saved model holds the float weights; the export
 quantizes them to exactly the values seen here.
 """
@@ -29,11 +30,12 @@ class QatSettings:
     reduce_range: bool
     per_channel: bool
     activations: bool
+    embeddings: str = "per_row"  # export.int8_embeddings: per_row | per_tensor | fp32
 
     @classmethod
     def last_epochs(cls, qat_epochs: int, total_epochs: float, reduce_range: bool, per_channel: bool,
-                    activations: bool) -> QatSettings:
-        return cls(math.ceil(total_epochs) - qat_epochs + 1, reduce_range, per_channel, activations)
+                    activations: bool, embeddings: str = "per_row") -> QatSettings:
+        return cls(math.ceil(total_epochs) - qat_epochs + 1, reduce_range, per_channel, activations, embeddings)
 
 
 def enable_fake_quant(model: MultiTaskModel, settings: QatSettings) -> int:
@@ -45,8 +47,8 @@ def enable_fake_quant(model: MultiTaskModel, settings: QatSettings) -> int:
     for module in encoder.modules():
         if isinstance(module, StudentLinear):
             module.quantize(settings.reduce_range, settings.per_channel, settings.activations)
-        elif isinstance(module, StudentEmbedding):
-            module.fake_quant = True
+        elif isinstance(module, StudentEmbedding) and settings.embeddings != "fp32":
+            module.fake_quant = settings.embeddings
         else:
             continue
         count += 1

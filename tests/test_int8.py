@@ -28,6 +28,18 @@ def test_quantize_rows_keeps_each_row_within_half_its_own_step():
     assert error[np.arange(50) != 3].max() < 0.02
 
 
+def test_qat_rounds_embedding_rows_to_the_exported_values():
+    import torch
+
+    from students.modules import fake_quant_rows
+
+    table = np.random.default_rng(1).normal(size=(20, 8)).astype(np.float32)
+    table[4] = 0
+    rows, scales = quantize_rows(table)
+    faked = fake_quant_rows(torch.from_numpy(table)).numpy()
+    assert np.allclose(faked, rows * scales, atol=1e-6)
+
+
 def _float_tables(path):
     graph = onnx.load(str(path)).graph
     return {i.name: numpy_helper.to_array(i) for i in graph.initializer}, graph
