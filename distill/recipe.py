@@ -149,6 +149,9 @@ class StudentSpec(Strict):
         default="variance", description="narrow hidden init: top-variance dimensions, PCA projection, or random")
     vocab: Literal["corpus"] | int | None = Field(
         default=None, description="keep the word pieces seen in the train split (corpus) or the N most frequent")
+    vocab_dropped: Literal["nearest", "unk"] = Field(
+        default="nearest", description="a dropped piece reads the kept piece nearest to it in the teacher's "
+                                       "embedding space (of the same kind: word start or ##continuation), or [UNK]")
     pruning: PruningSpec = PruningSpec()
     qat_epochs: int = Field(default=0, ge=0, description="fake-quantize int8 during the last N epochs")
     qat_activations: bool = Field(default=False, description="QAT also fake-quantizes Linear inputs (uint8)")

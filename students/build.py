@@ -126,8 +126,9 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
         covariance = hidden_covariance(teacher, tasks, pad_id, HIDDEN_STAT_EXAMPLES)
     vocab = None
     if spec.vocab is not None:
-        vocab = choose_vocab(spec.vocab, tasks, tokenizer, teacher.encoder.get_input_embeddings().num_embeddings,
-                             f"{where}.vocab")
+        table = teacher.encoder.get_input_embeddings().weight
+        vocab = choose_vocab(spec.vocab, tasks, tokenizer, table.shape[0], f"{where}.vocab",
+                             table.detach() if spec.vocab_dropped == "nearest" else None)
         details["vocab"] = _vocab_details(spec, teacher, tasks, tokenizer, vocab, pad_id)
     student = _random_student(teacher, keep, spec, vocab) if random_init else keep_layers(teacher, keep)
     del teacher

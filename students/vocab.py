@@ -1,8 +1,9 @@
 """Vocabulary pruning: keep the word pieces the tasks use, shrink the embedding, and remap the tokenizer to match.
 
 The student's tokenizer keeps the teacher's word pieces and segmentation (teacher-cache token positions still
-line up); only the ids change: kept pieces get 0..N-1 in teacher order and every dropped piece maps to [UNK]'s
-new id. `tokenizers` loads such a many-to-one vocabulary as is, but its serializer writes one piece per id, so
+line up); only the ids change: kept pieces get 0..N-1 in teacher order and every dropped piece maps to the id
+of a kept piece: the nearest one in the teacher's embedding space (`vocab_dropped: nearest`), or [UNK].
+`tokenizers` loads such a many-to-one vocabulary as is, but its serializer writes one piece per id, so
 the student's tokenizer files are written here directly and never re-saved through tokenizers/transformers.
 """
 
@@ -33,11 +34,13 @@ SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 
 @dataclass
 class VocabMap:
-    """Which teacher ids a student keeps (ascending); the student id of `kept[i]` is i, dropped ids go to [UNK]."""
+    """Which teacher ids a student keeps (ascending); the student id of `kept[i]` is i. A dropped id reads
+    the kept piece `substitutes[id]` (a teacher id), or [UNK] without substitutes."""
 
     kept: np.ndarray
     teacher_size: int
     teacher_unk: int
+    substitutes: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -46,6 +49,8 @@ class VocabMap:
     @cached_property
     def id_map(self) -> np.ndarray:
         """teacher id -> student id, for every teacher id."""
+        if self.substitutes is not None:
+            return np.searchsorted(self.kept, self.substitutes).astype(np.int64)
         ids = np.full(self.teacher_size, int(np.searchsorted(self.kept, self.teacher_unk)), dtype=np.int64)
         ids[self.kept] = np.arange(len(self.kept))
         return ids
@@ -54,13 +59,21 @@ class VocabMap:
         return self.id_map[ids]
 
     def to_json(self) -> dict[str, Any]:
-        return {"teacher_size": self.teacher_size, "teacher_unk": self.teacher_unk,
+        data = {"teacher_size": self.teacher_size, "teacher_unk": self.teacher_unk,
                 "kept_teacher_ids": self.kept.tolist()}
+        if self.substitutes is not None:
+            data["substitute_teacher_ids"] = self.substitutes.tolist()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VocabMap:
-        return cls(np.asarray(data["kept_teacher_ids"], dtype=np.int64), int(data["teacher_size"]),
-                   int(data["teacher_unk"]))
+        substitutes = data.get("substitute_teacher_ids")
+        vocab = cls(np.asarray(data["kept_teacher_ids"], dtype=np.int64), int(data["teacher_size"]),
+                    int(data["teacher_unk"]), None if substitutes is None else np.asarray(substitutes, np.int64))
+        if vocab.substitutes is not None and (len(vocab.substitutes) != vocab.teacher_size
+                                              or not np.isin(vocab.substitutes, vocab.kept).all()):
+            raise DistillInputError("vocab_map.json: substitute_teacher_ids must name a kept piece for every id")
+        return vocab
 
 
 def token_counts(tasks: list[TaskData], split: str, size: int) -> np.ndarray:
@@ -73,8 +86,9 @@ def token_counts(tasks: list[TaskData], split: str, size: int) -> np.ndarray:
 
 
 def choose_vocab(choice: str | int, tasks: list[TaskData], tokenizer: Any, teacher_size: int,
-                 where: str = "students.vocab") -> VocabMap:
-    """`corpus`: every piece seen in the train split; N: the N most frequent there (special tokens count in N)."""
+                 where: str = "students.vocab", embeddings: torch.Tensor | None = None) -> VocabMap:
+    """`corpus`: every piece seen in the train split; N: the N most frequent there (special tokens count in N).
+    With the teacher's `embeddings` table, dropped pieces get their nearest kept piece (see `nearest_kept`)."""
     if tokenizer.unk_token_id is None:
         raise DistillInputError(f"{where}: the teacher's tokenizer has no unknown token to map dropped pieces to")
     specials = sorted({int(i) for i in tokenizer.all_special_ids} | {int(i) for i in tokenizer.added_tokens_decoder})
@@ -89,7 +103,34 @@ def choose_vocab(choice: str | int, tasks: list[TaskData], tokenizer: Any, teach
         chosen = order[: int(choice) - len(specials)]
         chosen = chosen[counts[chosen] > 0]
     kept = np.union1d(chosen, specials).astype(np.int64)
-    return VocabMap(kept, teacher_size, int(tokenizer.unk_token_id))
+    vocab = VocabMap(kept, teacher_size, int(tokenizer.unk_token_id))
+    if embeddings is None:
+        return vocab
+    pieces = tokenizer.convert_ids_to_tokens(list(range(teacher_size)))
+    continuation = np.array([str(p).startswith("##") for p in pieces])
+    vocab.substitutes = nearest_kept(embeddings, vocab, np.asarray(specials, dtype=np.int64), continuation)
+    return vocab
+
+
+def nearest_kept(embeddings: torch.Tensor, vocab: VocabMap, specials: np.ndarray, continuation: np.ndarray,
+                 chunk: int = 2048) -> np.ndarray:
+    """For every teacher id: itself when kept, else the kept non-special piece of the same kind (word start or
+    ##continuation) with the most similar teacher embedding (cosine); [UNK] when no such piece exists."""
+    substitutes = np.arange(vocab.teacher_size, dtype=np.int64)
+    dropped = np.setdiff1d(np.arange(vocab.teacher_size), vocab.kept)
+    unit = torch.nn.functional.normalize(embeddings.float(), dim=1)
+    for kind in (False, True):
+        targets = np.setdiff1d(vocab.kept[continuation[vocab.kept] == kind], specials)
+        sources = dropped[continuation[dropped] == kind]
+        if len(targets) == 0:
+            substitutes[sources] = vocab.teacher_unk
+            continue
+        target_vectors = unit[torch.from_numpy(targets)]
+        for start in range(0, len(sources), chunk):
+            part = sources[start:start + chunk]
+            best = (unit[torch.from_numpy(part)] @ target_vectors.T).argmax(dim=1).numpy()
+            substitutes[part] = targets[best]
+    return substitutes
 
 
 def coverage(vocab: VocabMap, tasks: list[TaskData], specials: list[int]) -> dict[str, float]:

@@ -39,7 +39,8 @@ def test_vocab_keeps_specials_and_the_most_frequent_pieces(tiny_teacher):
 
 def test_student_tokenizer_keeps_segmentation_with_dropped_pieces_as_unk(tiny_teacher, tmp_path):
     recipe, teacher_dir, tokenizer, tasks = tiny_teacher
-    built = build_student(recipe, StudentSpec(name="v", layers=2, vocab=12), tasks, teacher_dir, tokenizer)
+    spec = StudentSpec(name="v", layers=2, vocab=12, vocab_dropped="unk")
+    built = build_student(recipe, spec, tasks, teacher_dir, tokenizer)
     built.save(built.model, tmp_path / "v", tokenizer)
     vocab = load_vocab_map(tmp_path / "v")
     assert vocab is not None and vocab.size == 12
@@ -66,6 +67,39 @@ def test_student_tokenizer_keeps_segmentation_with_dropped_pieces_as_unk(tiny_te
     details = json.loads((tmp_path / "v" / "student.json").read_text())["vocab"]
     assert details["size"] == 12 and 0 < details["coverage"]["test"] < 1
     assert set(details["teacher_dev_score"]) >= {"full_vocab", "student_vocab"}
+
+
+def test_dropped_pieces_read_the_nearest_kept_piece_of_their_kind(tiny_teacher, tmp_path):
+    recipe, teacher_dir, tokenizer, tasks = tiny_teacher
+    built = build_student(recipe, StudentSpec(name="v", layers=2, vocab=12), tasks, teacher_dir, tokenizer)
+    built.save(built.model, tmp_path / "v", tokenizer)
+    vocab = load_vocab_map(tmp_path / "v")
+    assert vocab is not None and vocab.substitutes is not None
+    table = torch.nn.functional.normalize(
+        MultiTaskModel.load(teacher_dir).encoder.get_input_embeddings().weight.detach(), dim=1).numpy()
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    specials = set(tokenizer.all_special_ids)
+    kept = set(vocab.kept.tolist())
+    for teacher_id in range(len(tokenizer)):
+        sub = int(vocab.substitutes[teacher_id])
+        if teacher_id in kept:
+            assert sub == teacher_id
+            continue
+        same_kind = [k for k in kept if k not in specials
+                     and pieces[k].startswith("##") == pieces[teacher_id].startswith("##")]
+        if not same_kind:
+            assert sub == tokenizer.unk_token_id
+            continue
+        assert sub in same_kind
+        assert table[teacher_id] @ table[sub] >= max(table[teacher_id] @ table[k] for k in same_kind) - 1e-6
+    student_tok = load_tokenizer(tmp_path / "v")
+    runtime_tok = Tokenizer.from_file(str(tmp_path / "v" / "tokenizer.json"))
+    for text in TEXTS:
+        expected = vocab.to_student(np.asarray(tokenizer(text)["input_ids"])).tolist()
+        assert student_tok(text)["input_ids"] == expected and runtime_tok.encode(text).ids == expected
+    dropped = [i for i in range(len(tokenizer)) if i not in kept and i not in specials]
+    assert dropped and all(vocab.id_map[i] != vocab.id_map[tokenizer.unk_token_id] for i in dropped
+                           if int(vocab.substitutes[i]) != tokenizer.unk_token_id)
 
 
 def test_vocab_student_reads_teacher_ids_in_training_and_its_own_ids_once_saved(tiny_teacher, tmp_path):
