@@ -7,6 +7,8 @@ import platform
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
@@ -93,20 +95,21 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
     common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
                               "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
     try:
-        if mode == "dynamic":
-            quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8, **common)
-        else:
-            class Reader(CalibrationDataReader):
-                def __init__(self) -> None:
-                    self.feeds = iter(calibration or [])
+        with _root_log_level(logging.WARNING):
+            if mode == "dynamic":
+                quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8, **common)
+            else:
+                class Reader(CalibrationDataReader):
+                    def __init__(self) -> None:
+                        self.feeds = iter(calibration or [])
 
-                def get_next(self) -> dict | None:
-                    return next(self.feeds, None)
+                    def get_next(self) -> dict | None:
+                        return next(self.feeds, None)
 
-            quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=["MatMul", "Gemm", "Gather"],
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
+                quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+                                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
         if embeddings == "per_row" and only_nodes is None:
             quantize_embedding_rows(int8_path, tables)
         return excluded
@@ -164,6 +167,18 @@ def _dev_sample(task: TaskData, n: int) -> TaskData:
     dev = task.encoded["dev"]
     words = dev.words[:n] if dev.words is not None else None
     return replace(task, encoded={"dev": EncodedSplit(dev.input_ids[:n], dev.labels[:n], words)})
+
+
+@contextmanager
+def _root_log_level(level: int) -> Iterator[None]:
+    """onnxruntime's quantizer logs a line per tensor through the root logger; keep that out of the run log."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        root.setLevel(before)
 
 
 def fp32_node_names(model_path: Path, patterns: list[str]) -> list[str]:

@@ -182,6 +182,11 @@ def _prune(student: MultiTaskModel, spec: StudentSpec, importance: Importance | 
     return None
 
 
+def _substitute(vocab: VocabMap, ids: np.ndarray) -> np.ndarray | int:
+    """The teacher ids the student reads in place of `ids` (the kept substitutes, or [UNK])."""
+    return vocab.teacher_unk if vocab.substitutes is None else vocab.substitutes[ids]
+
+
 def _qat_settings(recipe: Recipe, spec: StudentSpec) -> QatSettings:
     """Fake quantization that matches the export: the same int8 preset (reduce_range) and per_channel choice."""
     export = recipe.export
@@ -232,7 +237,8 @@ def _teacher_vocab_effect(teacher: MultiTaskModel, tasks: list[TaskData], vocab:
         affected = [i for i, ids in enumerate(dev.input_ids) if dropped[ids].any()]
         logits_kept = list(logits)
         if affected:
-            unked = [np.where(dropped[dev.input_ids[i]], vocab.teacher_unk, dev.input_ids[i]) for i in affected]
+            unked = [np.where(dropped[dev.input_ids[i]], _substitute(vocab, dev.input_ids[i]), dev.input_ids[i])
+                     for i in affected]
             rerun = predict(forward, name, EncodedSplit(unked, [dev.labels[i] for i in affected]), pad_id)
             for i, value in zip(affected, rerun, strict=True):
                 logits_kept[i] = value
