@@ -4,7 +4,8 @@ onnxruntime's dynamic int8 quantizes each MatMul's input with one scale per tens
 borderline examples that noise flips labels (1-2 % of the demo's sentiment test set), and most of it comes
 from a few nodes (the first layer's feed-forward block, on the demo). With `export.int8_min_agreement`,
 each candidate node is quantized alone on a dev sample and ranked by how far it moves the logits; then the
-noisiest nodes go back to fp32 one at a time until int8 and fp32 agree on the dev labels of every task."""
+noisiest nodes go back to fp32 one at a time until int8 and fp32 agree on the dev labels of every task (short
+of that, the fewest nodes that gave the best agreement are kept)."""
 
 from __future__ import annotations
 
@@ -43,20 +44,26 @@ def search_fp32_fallbacks(candidates: list[str], noise_of: Callable[[str], float
                           agreement_with: Callable[[list[str]], dict[str, float]], target: float, max_nodes: int,
                           progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> FallbackSearch:
     """Rank `candidates` by `noise_of` (one node quantized alone) and move the noisiest to fp32 one by one
-    until `agreement_with(fp32 nodes)` (dev label agreement per task) is at least `target` everywhere, or
-    `max_nodes` are in fp32."""
+    until `agreement_with(fp32 nodes)` (dev label agreement per task, which also quantizes the graph) is at
+    least `target` everywhere, or `max_nodes` are in fp32; then keep the fewest nodes with the best result."""
     result = FallbackSearch(target=target)
     result.agreement_before = result.agreement = agreement_with([])
     if result.reached or max_nodes == 0:
         return result
     result.noise = {name: noise_of(name) for name in progress(candidates)}
-    for name in sorted(candidates, key=lambda n: -result.noise[n])[:max_nodes]:
-        result.nodes.append(name)
-        result.agreement = agreement_with(result.nodes)
-        log.info("int8 fallback: %d node(s) in fp32, dev agreement %s", len(result.nodes),
-                 {k: round(v, 4) for k, v in result.agreement.items()})
-        if result.reached:
+    ranked = sorted(candidates, key=lambda n: -result.noise[n])[:max_nodes]
+    tried: list[dict[str, float]] = [result.agreement_before]
+    for count in range(1, len(ranked) + 1):
+        tried.append(agreement_with(ranked[:count]))
+        log.info("int8 fallback: %d node(s) in fp32, dev agreement %s", count,
+                 {k: round(v, 4) for k, v in tried[-1].items()})
+        if min(tried[-1].values()) >= target:
             break
+    # short of the target, the fewest nodes with the best worst-task agreement (more nodes can do worse)
+    best = max(range(len(tried)), key=lambda k: (min(tried[k].values()), -k))
+    result.nodes, result.agreement = ranked[:best], tried[best]
+    if best != len(tried) - 1:
+        agreement_with(result.nodes)  # leave the graph quantized with the chosen nodes
     return result
 
 
