@@ -24,7 +24,13 @@ from distill.errors import DistillError
 from distill.evaluation import ForwardFn, evaluate, predict, primary_scores, torch_forward
 from distill.fileio import atomic_directory, atomic_write_json, sha256_dir, sha256_file
 from distill.hardware import INT8_PRESETS, hardware, int8_preset
-from distill.int8_fallback import FallbackSearch, logit_noise, search_fp32_fallbacks, weight_matmuls
+from distill.int8_fallback import (
+    FallbackSearch,
+    block_int8_matmuls,
+    logit_noise,
+    search_fallbacks,
+    weight_matmuls,
+)
 from distill.metrics import multi_label_decisions
 from distill.progress import progress
 from distill.recipe import ExportSpec
@@ -72,13 +78,15 @@ def export_onnx(model: MultiTaskModel, path: Path, opset: int, task: str | None 
 def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool, reduce_range: bool,
                   calibration: list[dict[str, np.ndarray]] | None = None,
                   keep_fp32: list[str] | None = None, embeddings: str = "per_row",
-                  fp32_nodes: list[str] | None = None, only_nodes: list[str] | None = None) -> list[str]:
+                  fallback_nodes: list[str] | None = None, fallback: str = "fp32",
+                  only_nodes: list[str] | None = None) -> list[str]:
     """Int8 by onnxruntime: dynamic (weights; activations at run time) or static QDQ calibrated on `calibration`.
 
-    Nodes whose name matches a regular expression of `keep_fp32`, or is in `fp32_nodes`, stay in fp32; with
+    Nodes whose name matches a regular expression of `keep_fp32` stay in fp32; `fallback_nodes` (MatMuls) are
+    left out of the int8 scheme and become `fallback`: fp32, or `block_int8` (see `block_int8_matmuls`). With
     `only_nodes`, only those are quantized (embeddings stay fp32). Embedding tables: `per_row` (int8, one
     scale per row, see `distill.embedding_int8`), `per_tensor` (onnxruntime's) or `fp32`. Returns the names
-    of the nodes kept in fp32."""
+    of the nodes `keep_fp32` matched."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -90,7 +98,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
 
     prepared = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    excluded = sorted(set(fp32_node_names(prepared, keep_fp32 or [])) | set(fp32_nodes or []))
+    kept = fp32_node_names(prepared, keep_fp32 or [])
+    excluded = sorted(set(kept) | set(fallback_nodes or []))
     tables = embedding_gathers(prepared) if embeddings != "per_tensor" or only_nodes is not None else []
     common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
                               "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
@@ -112,7 +121,9 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
         if embeddings == "per_row" and only_nodes is None:
             quantize_embedding_rows(int8_path, tables)
-        return excluded
+        if fallback == "block_int8" and fallback_nodes:
+            block_int8_matmuls(int8_path, fallback_nodes)
+        return kept
     finally:
         prepared.unlink(missing_ok=True)
         for leftover in int8_path.parent.glob("*augmented*.onnx"):
@@ -122,11 +133,11 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
 def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, preset: dict[str, Any],
                     feeds: list[dict[str, np.ndarray]] | None, tasks: list[TaskData], pad_id: int,
                     found: list[str] | None = None) -> tuple[list[str], FallbackSearch | None]:
-    """One int8 graph; with `export.int8_min_agreement`, the fp32 fallback search on dev (see int8_fallback),
-    unless another mode's search `found` the nodes already."""
-    def quantize(path: Path, fp32_nodes: list[str] | None = None, only: list[str] | None = None) -> list[str]:
+    """One int8 graph; with `export.int8_min_agreement`, the fallback search on dev (see int8_fallback),
+    unless another mode's search `found` the nodes already. Returns the keep_fp32 nodes and the search."""
+    def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None) -> list[str]:
         return quantize_int8(source, path, mode, spec.per_channel, preset["reduce_range"], feeds, spec.keep_fp32,
-                             spec.int8_embeddings, fp32_nodes, only)
+                             spec.int8_embeddings, fallback_nodes, spec.int8_fallback, only)
 
     if spec.int8_min_agreement is None or found is not None:
         return quantize(target, found), None
@@ -144,23 +155,23 @@ def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pre
         return logit_noise(sample_fp32, _predictions(OnnxForward(probe, optimization_level=level), sample, "dev",
                                                      pad_id))
 
-    def agreement_with(fp32_nodes: list[str]) -> dict[str, float]:
-        quantize(target, fp32_nodes)
+    def agreement_with(fallback_nodes: list[str]) -> dict[str, float]:
+        quantize(target, fallback_nodes)
         return label_agreement(tasks, "dev", _predictions(OnnxForward(target, optimization_level=level), tasks,
                                                           "dev", pad_id), dev_fp32)
 
     try:
-        search = search_fp32_fallbacks(candidates, noise_of, agreement_with, spec.int8_min_agreement,
-                                       spec.int8_max_fp32_nodes,
-                                       lambda nodes: progress(nodes, desc=f"int8 noise per node ({target.name})",
-                                                              leave=False, unit="node"))
+        search = search_fallbacks(candidates, noise_of, agreement_with, spec.int8_min_agreement,
+                                  spec.int8_max_fallback_nodes,
+                                  lambda nodes: progress(nodes, desc=f"int8 noise per node ({target.name})",
+                                                         leave=False, unit="node"))
     finally:
         probe.unlink(missing_ok=True)
     if not search.reached:
-        log.warning("%s: int8 dev agreement %s is below export.int8_min_agreement %s with %d node(s) in fp32 "
-                    "(export.int8_max_fp32_nodes)", target.name, search.agreement, spec.int8_min_agreement,
+        log.warning("%s: int8 dev agreement %s is below export.int8_min_agreement %s with %d fallback node(s) "
+                    "(export.int8_max_fallback_nodes)", target.name, search.agreement, spec.int8_min_agreement,
                     len(search.nodes))
-    return sorted(set(kept) | set(search.nodes)), search
+    return kept, search
 
 
 def _dev_sample(task: TaskData, n: int) -> TaskData:
@@ -308,14 +319,14 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                     searches[task or "model"] = search.as_dict()
                     fallbacks[task] = search.nodes
                 elif task in fallbacks:
-                    searches[task or "model"] = {"fp32_nodes": fallbacks[task], "searched_in": first_mode}
+                    searches[task or "model"] = {"nodes": fallbacks[task], "searched_in": first_mode}
             int8 = OnnxForward(int8_path, optimization_level=level)
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev"))
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
             checks["int8"][mode] = {
                 "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel,
                 "fp32_nodes": len(excluded), "embeddings": spec.int8_embeddings,
-                **({"fp32_fallback": searches} if searches else {}),
+                **({"fallback": spec.int8_fallback, "fallback_search": searches} if searches else {}),
                 "reduce_range": preset["reduce_range"],
                 "dev": int8_dev, "metric_delta": delta,
                 "test_label_agreement_vs_fp32": label_agreement(

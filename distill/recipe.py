@@ -393,11 +393,14 @@ class ExportSpec(Strict):
         default="per_row", description="embedding tables in int8 models: int8 with one scale per row, "
                                        "onnxruntime's one scale per table, or kept fp32")
     int8_min_agreement: float | None = Field(
-        default=None, gt=0, le=1, description="keep the weight MatMuls with the most int8 noise in fp32, one at a "
-                                              "time, until int8 and fp32 agree on this share of every task's dev "
-                                              "labels (off when unset); searched in the first quantization mode, "
-                                              "the other modes keep the same nodes")
-    int8_max_fp32_nodes: int = Field(default=8, ge=0, description="most MatMuls int8_min_agreement may keep in fp32")
+        default=None, gt=0, le=1, description="take the weight MatMuls with the most int8 noise out of the int8 "
+                                              "scheme, one at a time, until int8 and fp32 agree on this share of "
+                                              "every task's dev labels (off when unset); searched in the first "
+                                              "quantization mode, the other modes take the same nodes out")
+    int8_fallback: Literal["block_int8", "fp32"] = Field(
+        default="block_int8", description="what those MatMuls become: 8-bit weights and activations quantized per "
+                                          "block of 128 (onnxruntime MatMulNBits), or fp32")
+    int8_max_fallback_nodes: int = Field(default=8, ge=0, description="most MatMuls int8_min_agreement may take out")
     calibration_examples: int = Field(default=256, gt=0, description="dev examples per task for static int8")
     isa: Literal["auto", "avx2", "avx512", "vnni", "generic"] = "auto"
     optimization_level: Literal["disable", "basic", "extended", "all"] = "all"

@@ -10,9 +10,9 @@ from onnx import numpy_helper
 from distill.data import encode_tasks, load_tasks
 from distill.embedding_int8 import embedding_gathers, quantize_rows
 from distill.exporter import export_artifact, quantize_int8
-from distill.int8_fallback import logit_noise, search_fp32_fallbacks
+from distill.int8_fallback import logit_noise, search_fallbacks
 from distill.recipe import ExportSpec, load_recipe
-from distill.runtime import OnnxForward
+from distill.runtime import OnnxForward, Predictor
 from distill.tokenizer import load_tokenizer
 
 
@@ -75,11 +75,11 @@ def test_search_moves_the_noisiest_nodes_to_fp32_until_the_target():
     def agreement(nodes):
         return {"t": 0.99 + 0.004 * len(helpful & set(nodes)), "u": 1.0}
 
-    done = search_fp32_fallbacks(list(noise), noise.get, agreement, target=0.997, max_nodes=4)
+    done = search_fallbacks(list(noise), noise.get, agreement, target=0.997, max_nodes=4)
     assert done.nodes == ["b", "c"] and done.reached
     assert done.agreement_before["t"] == pytest.approx(0.99) and done.agreement["t"] == pytest.approx(0.998)
 
-    capped = search_fp32_fallbacks(list(noise), noise.get, agreement, target=0.997, max_nodes=1)
+    capped = search_fallbacks(list(noise), noise.get, agreement, target=0.997, max_nodes=1)
     assert capped.nodes == ["b"] and not capped.reached
 
     calls = []
@@ -88,14 +88,14 @@ def test_search_moves_the_noisiest_nodes_to_fp32_until_the_target():
         calls.append(list(nodes))
         return {"t": 0.99 + (0.004 if "b" in nodes else 0) - 0.001 * max(len(nodes) - 1, 0)}
 
-    short = search_fp32_fallbacks(list(noise), noise.get, plateau, target=0.999, max_nodes=4)
+    short = search_fallbacks(list(noise), noise.get, plateau, target=0.999, max_nodes=4)
     assert short.nodes == ["b"] and short.agreement["t"] == pytest.approx(0.994) and not short.reached
     assert calls[-1] == ["b"], "the graph is quantized again with the chosen nodes"
 
     def unused(_):
         raise AssertionError("no node is ranked when int8 already agrees")
 
-    assert search_fp32_fallbacks(list(noise), unused, lambda _: {"t": 1.0}, 0.997, 4).nodes == []
+    assert search_fallbacks(list(noise), unused, lambda _: {"t": 1.0}, 0.997, 4).nodes == []
 
 
 def test_logit_noise_is_relative_to_the_logits():
@@ -104,7 +104,9 @@ def test_logit_noise_is_relative_to_the_logits():
     assert logit_noise(ref, {"t": [2 * x for x in ref["t"]]}) == pytest.approx(1.0)
 
 
-def test_export_keeps_the_chosen_fallback_nodes_in_fp32(trained_run, tiny_base, tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("fallback", ["fp32", "block_int8"])
+def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_base, tmp_path, monkeypatch, caplog,
+                                                            fallback):
     import distill.exporter as exporter
 
     recipe = load_recipe(trained_run / "recipe.yaml")
@@ -115,21 +117,27 @@ def test_export_keeps_the_chosen_fallback_nodes_in_fp32(trained_run, tiny_base, 
     calls = iter(range(1000))
     monkeypatch.setattr(exporter, "label_agreement",
                         lambda tasks, *_: dict.fromkeys((t.info.name for t in tasks), 0.5 + 0.1 * next(calls)))
-    spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=0.99, int8_max_fp32_nodes=2,
-                      calibration_examples=8)
+    spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=0.99, int8_max_fallback_nodes=2,
+                      int8_fallback=fallback, calibration_examples=8)
     with caplog.at_level(logging.WARNING):
         manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
                                    recipe.max_length, tokenizer.pad_token_id)
-    search = manifest["checks"]["int8"]["dynamic"]["fp32_fallback"]["model"]
-    assert not search["reached"] and len(search["fp32_nodes"]) == 2
+    dynamic = manifest["checks"]["int8"]["dynamic"]
+    search = dynamic["fallback_search"]["model"]
+    assert not search["reached"] and len(search["nodes"]) == 2 and dynamic["fallback"] == fallback
     noisiest = sorted(search["noisiest_nodes"], key=lambda n: -search["noisiest_nodes"][n])[:2]
-    assert search["fp32_nodes"] == noisiest
-    assert manifest["checks"]["int8"]["dynamic"]["fp32_nodes"] == 2
+    assert search["nodes"] == noisiest
     graph = onnx.load(str(tmp_path / "a" / "model.int8.onnx")).graph
-    floats = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")}
-    assert set(search["fp32_nodes"]) <= floats
-    assert any(n.op_type == "MatMulInteger" for n in graph.node)
+    by_name = {n.name: n.op_type for n in graph.node}
+    if fallback == "fp32":
+        assert all(by_name[name] == "MatMul" for name in search["nodes"])
+    else:
+        assert not set(search["nodes"]) & {n for n, op in by_name.items() if op == "MatMul"}
+        assert sum(op == "MatMulNBits" for op in by_name.values()) == 2
+    assert any(op == "MatMulInteger" for op in by_name.values())
     assert "below export.int8_min_agreement" in caplog.text
-    static = manifest["checks"]["int8"]["static"]["fp32_fallback"]["model"]
-    assert static == {"fp32_nodes": search["fp32_nodes"], "searched_in": "dynamic"}, "static reuses the search"
+    static = manifest["checks"]["int8"]["static"]["fallback_search"]["model"]
+    assert static == {"nodes": search["nodes"], "searched_in": "dynamic"}, "static reuses the search"
+    for precision in ("int8", "int8-static"):
+        assert Predictor(tmp_path / "a", precision=precision).predict(["the film was great fun"])
     assert not list((tmp_path / "a").glob("*probe*"))
