@@ -2,8 +2,10 @@
 
 onnxruntime quantizes a Gather's table with one scale for the whole tensor, so a few large values in the
 position or word embeddings make the step coarse for every row; on the demo that alone flips ~1 % of the
-sentiment labels. Here each table row gets its own symmetric scale, using only standard ONNX operators:
-Gather(int8 rows) and Gather(row scales) -> Cast -> Mul. Only the gathered rows are dequantized."""
+sentiment labels. Here the word embedding table (the one indexed by the token ids: most of an edge model's
+size) gets one symmetric scale per row, using only standard ONNX operators: Gather(int8 rows) and
+Gather(row scales) -> Cast -> Mul; only the gathered rows are dequantized. The small position and
+token-type tables stay fp32: they are added to every token, and int8 even per row costs agreement there."""
 
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ import numpy as np
 INT8_MAX = 127
 
 
-def embedding_gathers(model_path: Path) -> list[str]:
-    """Names of the Gather nodes that look up rows of a float 2-D table stored in the graph."""
+def embedding_gathers(model_path: Path, token_tables_only: bool = False) -> list[str]:
+    """Names of the Gather nodes that look up rows of a float 2-D table stored in the graph; with
+    `token_tables_only`, only those indexed by a graph input (the word embeddings, not positions or types)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     tables = {i.name for i in graph.initializer
               if len(i.dims) == 2 and i.dims[1] > 1 and i.data_type == onnx.TensorProto.FLOAT}
-    return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in tables and _axis(n) == 0]
+    inputs = {i.name for i in graph.input}
+    return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in tables and _axis(n) == 0
+            and (not token_tables_only or n.input[1] in inputs)]
 
 
 def quantize_embedding_rows(model_path: Path, names: list[str]) -> int:

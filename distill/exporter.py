@@ -101,6 +101,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
     kept = fp32_node_names(prepared, keep_fp32 or [])
     excluded = sorted(set(kept) | set(fallback_nodes or []))
     tables = embedding_gathers(prepared) if embeddings != "per_tensor" or only_nodes is not None else []
+    token_tables = embedding_gathers(prepared, token_tables_only=True)
     common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
                               "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
     try:
@@ -120,7 +121,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
                                 op_types_to_quantize=["MatMul", "Gemm", "Gather"],
                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
         if embeddings == "per_row" and only_nodes is None:
-            quantize_embedding_rows(int8_path, tables)
+            quantize_embedding_rows(int8_path, [name for name in tables if name in token_tables])
         if fallback == "block_int8" and fallback_nodes:
             block_int8_matmuls(int8_path, fallback_nodes)
         return kept
