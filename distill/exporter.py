@@ -148,7 +148,8 @@ def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pre
     sample = [_dev_sample(t, FALLBACK_NOISE_EXAMPLES) for t in tasks]
     sample_fp32 = _predictions(reference, sample, "dev", pad_id)
     kept = fp32_node_names(source, spec.keep_fp32)
-    candidates = [n for n in weight_matmuls(source) if n not in kept]
+    # MatMulNBits replaces MatMuls only; a Gemm (a classifier head) can only fall back to fp32
+    candidates = [n for n in weight_matmuls(source, gemm=spec.int8_fallback == "fp32") if n not in kept]
     probe = target.with_name(f"{target.stem}.probe.onnx")
 
     def noise_of(node: str) -> float:

@@ -69,13 +69,14 @@ def search_fallbacks(candidates: list[str], noise_of: Callable[[str], float],
     return result
 
 
-def weight_matmuls(model_path: Path) -> list[str]:
-    """MatMul/Gemm nodes whose second input is a stored weight (what dynamic int8 quantizes)."""
+def weight_matmuls(model_path: Path, gemm: bool = True) -> list[str]:
+    """MatMul (and Gemm) nodes whose second input is a stored weight (what dynamic int8 quantizes)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
-    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
+    kinds = ("MatMul", "Gemm") if gemm else ("MatMul",)
+    return [n.name for n in graph.node if n.op_type in kinds and n.input[1] in weights]
 
 
 def logit_noise(reference: dict[str, list[np.ndarray]], other: dict[str, list[np.ndarray]]) -> float:
