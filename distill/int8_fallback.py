@@ -43,11 +43,11 @@ class FallbackSearch:
 
 
 def search_fallbacks(candidates: list[str], noise_of: Callable[[str], float],
-                          agreement_with: Callable[[list[str]], dict[str, float]], target: float, max_nodes: int,
-                          progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> FallbackSearch:
+                     agreement_with: Callable[[list[str]], dict[str, float]], target: float, max_nodes: int,
+                     progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> FallbackSearch:
     """Rank `candidates` by `noise_of` (one node quantized alone) and take the noisiest out one by one
     until `agreement_with(fallback nodes)` (dev label agreement per task, which also quantizes the graph) is at
-    least `target` everywhere, or `max_nodes` are in fp32; then keep the fewest nodes with the best result."""
+    least `target` everywhere, or `max_nodes` are out; then keep the fewest nodes with the best result."""
     result = FallbackSearch(target=target)
     result.agreement_before = result.agreement = agreement_with([])
     if result.reached or max_nodes == 0:
