@@ -14,7 +14,7 @@ from distill.demo_assets import demo_model_path
 from distill.errors import DistillInputError
 from distill.fileio import atomic_write_json, read_json, sha256_dir, sha256_json
 from distill.processes import is_main_process, wait_for_everyone
-from distill.recipe import Recipe
+from distill.recipe import Recipe, StudentSpec
 from distill.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -145,6 +145,12 @@ def stage_teacher(state: RunState) -> None:
                     every_process=True)
 
 
+def _student_inputs(spec: StudentSpec) -> dict:
+    """The student's settings for its stage hash; `vocab_dropped` only counts for a vocabulary-pruned student
+    (so adding that option did not change the hash, and retrain, every other student)."""
+    return spec.model_dump(exclude=set() if spec.vocab is not None else {"vocab_dropped"})
+
+
 def _training_inputs(recipe: Recipe) -> dict:
     """The training: settings that change a trained model (nothing when all are defaults, so the stage hashes of
     recipes without a training: section stay as they were)."""
@@ -250,7 +256,7 @@ def stage_train(state: RunState, only: list[str] | None) -> None:
         state.student_dirs[spec.name] = directory
         if only and spec.name not in only:
             continue
-        inputs = {"cache": state.source_key, "student": spec.model_dump(),
+        inputs = {"cache": state.source_key, "student": _student_inputs(spec),
                   "distillation": recipe.distillation.model_dump(), "seed": recipe.seed,
                   "weights": [t.weight for t in recipe.tasks], **_training_inputs(recipe)}
         state.run_stage(f"train:{spec.name}", sha256_json(inputs), [directory / "heads.safetensors"],
