@@ -91,12 +91,20 @@ def _batch_stream(size: int, batch_size: int, rng: random.Random) -> Iterator[np
             yield np.asarray(order[start : start + batch_size])
 
 
-def rank_batches(plan: Plan, process_index: int, num_processes: int) -> Plan:
-    """This process's share of an epoch: every num_processes-th batch, of a plan padded (by wrapping around)
-    to a multiple of num_processes, so every process runs the same number of steps."""
-    if num_processes > 1 and plan:
-        plan = plan + [plan[i % len(plan)] for i in range((-len(plan)) % num_processes)]
-    return plan[process_index::num_processes]
+def slice_batches(plan: Plan, process_index: int, num_processes: int) -> Plan:
+    """This process's slice of every batch of a plan made with the global batch size: in each optimiser step
+    all processes work on the same task and together on the very batch one process would take, so a step
+    (and the task mix the optimiser sees) is the single-process step. A batch smaller than the number of
+    processes gives the processes that would get nothing one of its examples again."""
+    if num_processes == 1:
+        return plan
+    out = []
+    for task, indices in plan:
+        part = np.array_split(indices, num_processes)[process_index]
+        if not len(part):
+            part = indices[[process_index % len(indices)]]
+        out.append((task, part))
+    return out
 
 
 def eval_batches(split: EncodedSplit, batch_size: int) -> Iterator[np.ndarray]:

@@ -27,7 +27,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import broadcast, gather
 from transformers import get_linear_schedule_with_warmup
 
-from distill.batching import Batch, Plan, pad_batch, rank_batches, training_batches
+from distill.batching import Batch, Plan, pad_batch, slice_batches, training_batches
 from distill.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
@@ -187,11 +187,13 @@ class _Run:
         self.last_checkpoint: Path | None = None
 
     def epoch_plan(self, epoch: int) -> Plan:
-        """This process's batches of `epoch` (the same on every run with the same seed)."""
+        """This process's batches of `epoch` (the same on every run with the same seed): its slice of each
+        batch of the plan made with the global batch size (batch_size × processes)."""
         sampling = self.engine.sampling
-        plan = training_batches(self.train_data, self.settings.batch_size, self.settings.seed + epoch,
+        processes = self.accelerator.num_processes
+        plan = training_batches(self.train_data, self.settings.batch_size * processes, self.settings.seed + epoch,
                                 sampling.strategy, sampling.temperature)
-        return rank_batches(plan, self.accelerator.process_index, self.accelerator.num_processes)
+        return slice_batches(plan, self.accelerator.process_index, processes)
 
     def train(self, evaluate_fn: Callable[[torch.nn.Module], tuple[float, dict]],
               save_fn: Callable[[torch.nn.Module], None], log_path: Path, resume: bool,

@@ -8,8 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+from distill.batching import training_batches
+from distill.data import EncodedSplit, load_tasks
+from distill.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +67,12 @@ def test_two_processes_train_and_save_like_one(trained_run, tmp_path, kind):
     single_teacher = _log(trained_run / "out" / "logs" / "teacher.jsonl")
     teacher = _log(out / "logs" / "teacher.jsonl")
     assert [r["epoch"] for r in teacher] == [1, 2, 3, 4], "one line per epoch, from the main process only"
-    assert [2 * r["step"] for r in teacher] == [r["step"] for r in single_teacher], "each process takes half"
+    # each step is one single-process batch of 2 x batch_size, split between the processes
+    loaded = load_tasks(load_recipe(path))
+    splits = {t.info.name: EncodedSplit([np.zeros(1)] * len(t.splits["train"].texts), []) for t in loaded}
+    per_epoch = len(training_batches(splits, 2 * recipe["teacher"]["batch_size"], seed=0))
+    assert [r["step"] for r in teacher] == [per_epoch * k for k in range(1, 5)]
+    assert len(teacher) == len(single_teacher)
     single = _log(trained_run / "out" / "logs" / "student-s2.jsonl")[-1]
     student = _log(out / "logs" / "student-s2.jsonl")[-1]
     assert set(student["dev"]) == {"sentiment", "ner"} and set(student["task_weights"]) == {"sentiment", "ner"}

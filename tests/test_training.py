@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.batching import pad_batch, rank_batches, training_batches
+from distill.batching import pad_batch, slice_batches, training_batches
 from distill.data import EncodedSplit
 from distill.errors import DistillError, DistillInputError
 from distill.recipe import TrainingSpec
@@ -122,12 +122,16 @@ def test_sampling_strategies_keep_the_epoch_length():
         (t, i.tolist()) for t, i in training_batches(data, 10, seed=1, strategy="temperature", temperature=2.0)]
 
 
-def test_rank_batches_give_every_process_the_same_number_of_batches():
-    plan = [("a", np.asarray([i])) for i in range(7)]
-    shares = [rank_batches(plan, rank, 2) for rank in range(2)]
-    assert [len(s) for s in shares] == [4, 4]
-    assert sorted(int(i[0]) for s in shares for _, i in s) == [0, 0, 1, 2, 3, 4, 5, 6]
-    assert rank_batches(plan, 0, 1) == plan
+def test_processes_share_each_single_process_batch():
+    plan = [("a", np.arange(0, 8)), ("b", np.arange(8, 13)), ("a", np.arange(13, 14))]
+    shares = [slice_batches(plan, rank, 2) for rank in range(2)]
+    assert [len(s) for s in shares] == [3, 3], "every process runs every step"
+    for step in range(3):
+        assert shares[0][step][0] == shares[1][step][0] == plan[step][0], "one task per step, as one process"
+        together = np.concatenate([shares[0][step][1], shares[1][step][1]])
+        assert sorted(set(together.tolist())) == plan[step][1].tolist()
+    assert shares[1][2][1].tolist() == [13], "a one-example batch: the other process repeats it"
+    assert slice_batches(plan, 0, 1) == plan
 
 
 def test_resume_continues_at_the_exact_batch_and_ends_identical(tmp_path):
