@@ -99,6 +99,7 @@ def block_int8_matmuls(model_path: Path, nodes: list[str]) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line a node
     config = DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=ACCURACY_INT8,
                                           bits=8, op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(onnx.load(str(model_path)), nodes_to_include=list(nodes), algo_config=config)
