@@ -21,23 +21,19 @@ def embedding_gathers(model_path: Path, token_tables_only: bool = False) -> list
     `token_tables_only`, only those indexed by a graph input (the word embeddings, not positions or types)."""
     import onnx
 
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    tables = {i.name for i in graph.initializer
-              if len(i.dims) == 2 and i.dims[1] > 1 and i.data_type == onnx.TensorProto.FLOAT}
-    inputs = {i.name for i in graph.input}
-    return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in tables and _axis(n) == 0
-            and (not token_tables_only or n.input[1] in inputs)]
+    return _gathers(onnx.load(str(model_path), load_external_data=False).graph, token_tables_only)
 
 
-def quantize_embedding_rows(model_path: Path, names: list[str]) -> int:
-    """Rewrite the named Gathers (see `embedding_gathers`) in `model_path` to per-row int8; returns how many."""
+def quantize_embedding_rows(model_path: Path) -> int:
+    """Rewrite the Gathers of the token tables (see `embedding_gathers`) in `model_path` to per-row int8;
+    returns how many tables."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(model_path))
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    wanted = set(names)
+    wanted = set(_gathers(graph, token_tables_only=True))
     uses = _table_uses(graph)
     done: dict[str, tuple[str, str]] = {}
     nodes = []
@@ -74,6 +70,16 @@ def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scales[scales == 0] = 1.0
     rows = np.clip(np.rint(table / scales), -INT8_MAX, INT8_MAX).astype(np.int8)
     return rows, scales.astype(np.float32)
+
+
+def _gathers(graph, token_tables_only: bool) -> list[str]:
+    import onnx
+
+    tables = {i.name for i in graph.initializer
+              if len(i.dims) == 2 and i.dims[1] > 1 and i.data_type == onnx.TensorProto.FLOAT}
+    inputs = {i.name for i in graph.input}
+    return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in tables and _axis(n) == 0
+            and (not token_tables_only or n.input[1] in inputs)]
 
 
 def _axis(node) -> int:

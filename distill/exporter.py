@@ -101,7 +101,6 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
     kept = fp32_node_names(prepared, keep_fp32 or [])
     excluded = sorted(set(kept) | set(fallback_nodes or []))
     tables = embedding_gathers(prepared) if embeddings != "per_tensor" or only_nodes is not None else []
-    token_tables = embedding_gathers(prepared, token_tables_only=True)
     common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
                               "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
     try:
@@ -121,7 +120,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
                                 op_types_to_quantize=["MatMul", "Gemm", "Gather"],
                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
         if embeddings == "per_row" and only_nodes is None:
-            quantize_embedding_rows(int8_path, [name for name in tables if name in token_tables])
+            quantize_embedding_rows(int8_path)
         if fallback == "block_int8" and fallback_nodes:
             block_int8_matmuls(int8_path, fallback_nodes)
         return kept
@@ -209,8 +208,7 @@ def calibration_feeds(tasks: list[TaskData], per_task: int, pad_id: int) -> list
     """Padded dev batches of every task, as onnxruntime feeds, for static int8 calibration."""
     feeds = []
     for task in tasks:
-        dev = task.encoded["dev"]
-        split = EncodedSplit(dev.input_ids[:per_task], dev.labels[:per_task])
+        split = _dev_sample(task, per_task).encoded["dev"]
         for indices in eval_batches(split, 16):
             batch = pad_batch(task.info.name, split, indices, pad_id)
             feeds.append({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
