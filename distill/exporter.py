@@ -57,6 +57,24 @@ class _Heads(torch.nn.Module):
         return tuple(self.model(input_ids, attention_mask, task=self.task).logits.values())
 
 
+def trim_positions(model: MultiTaskModel, length: int) -> bool:
+    """Keep only the first `length` rows of a BERT-style absolute position table (and its id buffers), for an
+    artifact whose runtime truncates inputs to `length` tokens: 384 fewer rows on a 512-position model. Returns
+    False (nothing changed) for other position schemes, or a table that is not longer."""
+    embeddings = getattr(model.encoder, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if (not isinstance(table, torch.nn.Embedding) or table.padding_idx is not None
+            or not isinstance(getattr(embeddings, "position_ids", None), torch.Tensor)
+            or table.num_embeddings <= length):
+        return False
+    embeddings.position_embeddings = torch.nn.Embedding.from_pretrained(table.weight.detach()[:length].clone())
+    for name in ("position_ids", "token_type_ids"):
+        if isinstance(getattr(embeddings, name, None), torch.Tensor):
+            embeddings.register_buffer(name, getattr(embeddings, name)[:, :length].clone(), persistent=False)
+    model.encoder.config.max_position_embeddings = length
+    return True
+
+
 def export_onnx(model: MultiTaskModel, path: Path, opset: int, task: str | None = None) -> None:
     """Write an ONNX graph with every task head (or only `task`'s) as a named output, dynamic batch/sequence axes."""
     tasks = [task] if task else list(model.heads)
@@ -280,6 +298,10 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                     pad_id: int) -> dict[str, Any]:
     """Export `model_dir` to an artifact directory (ONNX files, tokenizer, tasks.json, manifest.json)."""
     model = MultiTaskModel.load(model_dir)
+    positions = int(model.encoder.config.max_position_embeddings)
+    if spec.positions == "max_length" and trim_positions(model, max_length):
+        log.info("%s: position table cut from %d to max_length %d rows", model_dir.name, positions, max_length)
+        positions = max_length
     cpu = hardware()
     preset = int8_preset(cpu["isa"]) if spec.isa == "auto" else INT8_PRESETS[spec.isa]
     level = spec.optimization_level
@@ -340,7 +362,8 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
         manifest = {
-            "source_model": str(model_dir), "max_length": max_length, "optimization_level": level,
+            "source_model": str(model_dir), "max_length": max_length, "positions": positions,
+            "optimization_level": level,
             "graphs": spec.graphs,
             "inputs": {"model_sha256": sha256_dir(model_dir), "export": spec.model_dump()},
             "files": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.onnx"))},

@@ -14,7 +14,7 @@ from distill.batching import pad_batch, slice_batches, training_batches
 from distill.data import EncodedSplit
 from distill.errors import DistillError, DistillInputError
 from distill.recipe import TrainingSpec
-from distill.training import TrainSettings, train_loop
+from distill.training import TrainSettings, make_optimizer, train_loop
 
 
 class Toy(nn.Module):
@@ -260,3 +260,22 @@ def test_training_recipe_section_validates(recipe_file):
     assert spec.batch_size_key == "teacher.batch_size" and spec.engine.gradient_accumulation_steps == 4
     with pytest.raises(DistillInputError, match=r"training\.sampling\.strategy"):
         load_recipe(recipe_file(lambda r: r.update(training={"sampling": {"strategy": "random"}})))
+
+
+def test_fused_optimizer_takes_the_same_steps_as_the_per_tensor_loop():
+    torch.manual_seed(0)
+    weights = [torch.randn(6, 4), torch.randn(4)]
+    grads = [torch.randn_like(w) for w in weights]
+    results = []
+    for make in (lambda groups: make_optimizer(groups, 1e-2), lambda groups: torch.optim.AdamW(groups, lr=1e-2)):
+        params = [nn.Parameter(w.clone()) for w in weights]
+        optimizer = make([{"params": params}])
+        for _ in range(3):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        results.append(params)
+        if len(results) == 1:
+            assert optimizer.defaults["fused"], "CPU float32 parameters get the fused kernel"
+    for fused, loop in zip(*results, strict=True):
+        assert torch.allclose(fused, loop, atol=1e-6)
