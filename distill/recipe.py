@@ -432,7 +432,7 @@ class ExportSpec(Strict):
 
 class BenchSpec(Strict):
     batch_sizes: list[int] = Field(default=[1, 8])
-    seq_len: int = Field(default=128, gt=0)
+    seq_len: int | None = Field(default=None, gt=0, description="tokens per input when timing (default: max_length)")
     other_seq_lens: list[int] = Field(default=[], description="more sequence lengths timed at batch 1")
     repeats: int = Field(default=50, gt=0, description="timed calls per model and input shape")
     rounds: int = Field(default=5, gt=0, description="the timed calls are spread over this many rounds, "
@@ -483,6 +483,8 @@ class Recipe(Strict):
             if other:
                 raise ValueError(f"teacher.per_task: per-task checkpoints serve sequence and token classification "
                                  f"tasks; {other} need a multi-task teacher (base_model or path)")
+        if self.bench.seq_len is None:
+            self.bench = self.bench.model_copy(update={"seq_len": self.max_length})
         if self.export.positions == "max_length":
             longer = [n for n in [self.bench.seq_len, *self.bench.other_seq_lens] if n > self.max_length]
             if longer:

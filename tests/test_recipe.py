@@ -50,6 +50,7 @@ def test_valid_recipe_loads_with_defaults(recipe_file):
         (lambda r: r["students"][0].update(ffn=8, pruning={"schedule": "iterative", "rounds": 3}),
          "students.s2.pruning.rounds: 3 is more than the 1"),
         (lambda r: r["bench"].update(other_seq_lens=[8, 64]), "sequence length(s) [64] exceed max_length 32"),
+        (lambda r: r["bench"].update(seq_len=33), "sequence length(s) [33] exceed max_length 32"),
     ],
 )
 def test_bad_recipe_names_the_key(recipe_file, edit, message):
@@ -68,6 +69,11 @@ def test_long_bench_sequences_need_every_position_row(recipe_file):
         r["export"]["positions"] = "all"
 
     assert load_recipe(recipe_file(edit)).bench.other_seq_lens == [64]
+
+
+def test_bench_times_max_length_tokens_unless_told(recipe_file):
+    assert load_recipe(recipe_file(lambda r: r["bench"].pop("seq_len"))).bench.seq_len == 32
+    assert load_recipe(recipe_file()).bench.seq_len == 16
 
 
 def test_missing_recipe_file_is_input_error(tmp_path: Path):
