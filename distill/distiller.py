@@ -269,9 +269,10 @@ def _check_source_layers(source: TeacherSource, needed: list[int]) -> None:
 
 
 def _total_steps(train: dict, epochs: float, batch_size: int, seed: int) -> int:
-    """The batches one process runs in one stage (the temperature schedule advances once per batch)."""
-    per_epoch = len(training_batches(train, batch_size, seed))
-    return max(1, math.ceil(epochs * per_epoch / PartialState().num_processes))
+    """The batches one process runs in one stage (the temperature schedule advances once per batch): every
+    process takes a slice of every batch of the plan made at the global batch size (see `_Run.epoch_plan`)."""
+    per_epoch = len(training_batches(train, batch_size * PartialState().num_processes, seed))
+    return max(1, math.ceil(epochs * per_epoch))
 
 
 def _keep_in_memory(model: torch.nn.Module) -> None:
