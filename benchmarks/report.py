@@ -53,8 +53,8 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def student_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """One row per student (its int8 model when there is one), sorted by size: how it was built and what it gives."""
     front = set(report.get("pareto_front", []))
-    header = ["student", "format", "teacher layers", "heads", "FFN", "hidden", "vocab", "coverage (test)", "QAT",
-              "LoRA", "size (MB)", "p50 ms", "mean", "retention", "fp32 retention", "Pareto"]
+    header = ["student", "format", "teacher layers", "heads", "FFN", "hidden", "vocab", "coverage (test)",
+              "embedding bits", "QAT", "LoRA", "size (MB)", "p50 ms", "mean", "retention", "fp32 retention", "Pareto"]
     rows = []
     for m in sorted(_student_models(report), key=lambda x: x["size_bytes"]):
         built = m.get("student") or {}
@@ -66,6 +66,7 @@ def student_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             str(built.get("attention_heads", "-")), str(built.get("ffn", "-")), str(built.get("hidden_size", "-")),
             str(built.get("vocab_size", "-")),
             f"{vocab['coverage']['test']:.3f}" if vocab else "-",
+            str(built.get("embedding_bits") or "-"),
             f"last {built['qat']['epochs']}" if built.get("qat") else "-",
             f"r={lora['r']}" + (f", {lora['base_bits']}-bit base" if lora.get("base_bits") else "") if lora else "-",
             f"{m['size_bytes'] / 1e6:.1f}", f"{m['latency_ms']['p50']:.2f}", f"{m['mean_score']:.4f}",

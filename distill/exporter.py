@@ -19,7 +19,7 @@ import torch
 
 from distill.batching import eval_batches, pad_batch
 from distill.data import IGNORE_INDEX, EncodedSplit, TaskData, TaskInfo
-from distill.embedding_int8 import embedding_gathers, quantize_embedding_rows
+from distill.embedding_int8 import embedding_gathers, on_int4_grid, quantize_embedding_rows
 from distill.errors import DistillError
 from distill.evaluation import ForwardFn, evaluate, predict, primary_scores, torch_forward
 from distill.fileio import atomic_directory, atomic_write_json, sha256_dir, sha256_file
@@ -31,6 +31,7 @@ from distill.int8_fallback import (
     search_fallbacks,
     weight_matmuls,
 )
+from distill.int8_outliers import input_channel_max, outlier_channels, split_outlier_channels
 from distill.metrics import multi_label_decisions
 from distill.progress import progress
 from distill.recipe import ExportSpec
@@ -97,11 +98,14 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
                   calibration: list[dict[str, np.ndarray]] | None = None,
                   keep_fp32: list[str] | None = None, embeddings: str = "per_row",
                   fallback_nodes: list[str] | None = None, fallback: str = "fp32",
-                  only_nodes: list[str] | None = None) -> list[str]:
+                  only_nodes: list[str] | None = None, outliers: dict[str, np.ndarray] | None = None,
+                  int8_heads: bool = False) -> list[str]:
     """Int8 by onnxruntime: dynamic (weights; activations at run time) or static QDQ calibrated on `calibration`.
 
     Nodes whose name matches a regular expression of `keep_fp32` stay in fp32; `fallback_nodes` (MatMuls) are
-    left out of the int8 scheme and become `fallback`: fp32, or `block_int8` (see `block_int8_matmuls`). With
+    left out of the int8 scheme and become `fallback`: fp32, `block_int8` (see `block_int8_matmuls`), or
+    `outliers`: int8 with their `outliers[node]` input channels in fp32 (see `distill.int8_outliers`). The task
+    heads (see `head_nodes`) stay fp32 unless `int8_heads`. With
     `only_nodes`, only those are quantized (embeddings stay fp32). Embedding tables: `per_row` (int8, one
     scale per row, see `distill.embedding_int8`), `per_tensor` (onnxruntime's) or `fp32`. Returns the names
     of the nodes `keep_fp32` matched."""
@@ -116,8 +120,14 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
 
     prepared = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    kept = fp32_node_names(prepared, keep_fp32 or [])
-    excluded = sorted(set(kept) | set(fallback_nodes or []))
+    kept = fp32_node_names(prepared, keep_fp32 or []) + ([] if int8_heads else head_nodes(prepared))
+    if fallback == "outliers":
+        assert outliers is not None or not fallback_nodes, "fallback outliers needs the channels of each node"
+        small = split_outlier_channels(prepared, {n: outliers[n] for n in fallback_nodes or []}) if outliers else []
+        excluded = sorted(set(kept) | set(small))
+    else:
+        excluded = sorted(set(kept) | set(fallback_nodes or []))
+    excluded += gemm_matmul_names(prepared, excluded)
     tables = embedding_gathers(prepared) if embeddings != "per_tensor" or only_nodes is not None else []
     common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
                               "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
@@ -148,14 +158,52 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
             leftover.unlink()
 
 
+def head_nodes(model_path: Path) -> list[str]:
+    """The task heads: the last weight MatMul or Gemm on the way back from each graph output (a few KB of weights
+    whose int8 rounding lands on the logits directly)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    heads: list[str] = []
+    for output in graph.output:
+        stack, seen = [output.name], set()
+        while stack:
+            node = producers.get(stack.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in weights:
+                heads.append(node.name)
+            else:
+                stack.extend(node.input)
+    return sorted(set(heads))
+
+
+def gemm_matmul_names(model_path: Path, names: list[str]) -> list[str]:
+    """The MatMuls onnxruntime's quantizer turns the named Gemm nodes into (`<name>_MatMul`): it converts every
+    Gemm before it quantizes, so excluding a Gemm by its own name would not keep it in fp32."""
+    import onnx
+
+    gemms = {n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node if n.op_type == "Gemm"}
+    return [f"{name}_MatMul" for name in names if name in gemms]
+
+
 def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, preset: dict[str, Any],
                     feeds: list[dict[str, np.ndarray]] | None, tasks: list[TaskData], pad_id: int,
                     found: list[str] | None = None) -> tuple[list[str], FallbackSearch | None]:
     """One int8 graph; with `export.int8_min_agreement`, the fallback search on dev (see int8_fallback),
     unless another mode's search `found` the nodes already. Returns the keep_fp32 nodes and the search."""
+    outliers = None
+    if spec.int8_fallback == "outliers" and (found or spec.int8_min_agreement is not None):
+        sample_feeds = calibration_feeds(tasks, FALLBACK_NOISE_EXAMPLES, pad_id)
+        outliers = outlier_channels(input_channel_max(source, weight_matmuls(source, gemm=False), sample_feeds),
+                                    spec.int8_outlier_channels)
+
     def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None) -> list[str]:
         return quantize_int8(source, path, mode, spec.per_channel, preset["reduce_range"], feeds, spec.keep_fp32,
-                             spec.int8_embeddings, fallback_nodes, spec.int8_fallback, only)
+                             spec.int8_embeddings, fallback_nodes, spec.int8_fallback, only, outliers, spec.int8_heads)
 
     if spec.int8_min_agreement is None or found is not None:
         return quantize(target, found), None
@@ -164,8 +212,8 @@ def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pre
     dev_fp32 = _predictions(reference, tasks, "dev", pad_id)
     sample = [_dev_sample(t, FALLBACK_NOISE_EXAMPLES) for t in tasks]
     sample_fp32 = _predictions(reference, sample, "dev", pad_id)
-    kept = fp32_node_names(source, spec.keep_fp32)
-    # MatMulNBits replaces MatMuls only; a Gemm (a classifier head) can only fall back to fp32
+    kept = fp32_node_names(source, spec.keep_fp32) + ([] if spec.int8_heads else head_nodes(source))
+    # MatMulNBits and the outlier split replace MatMuls only; a Gemm (a classifier head) can only fall back to fp32
     candidates = [n for n in weight_matmuls(source, gemm=spec.int8_fallback == "fp32") if n not in kept]
     probe = target.with_name(f"{target.stem}.probe.onnx")
 
@@ -324,6 +372,8 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             "test_label_agreement_fp32_vs_torch": label_agreement(tasks, "test", fp32_test, torch_test),
             "int8": {},
         }
+        # per_row stores a table trained on a 4-bit grid (students' embedding_bits: 4) at 4 bits, others at 8
+        word_bits = 4 if on_int4_grid(model.encoder.get_input_embeddings().weight.detach().numpy()) else 8
         # the fp32 fallback search runs in the first int8 mode; later modes keep the same nodes in fp32
         fallbacks: dict[str | None, list[str]] = {}
         first_mode = spec.quantization[0]
@@ -348,7 +398,10 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             checks["int8"][mode] = {
                 "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel,
                 "fp32_nodes": len(excluded), "embeddings": spec.int8_embeddings,
+                **({"word_embedding_bits": word_bits} if spec.int8_embeddings == "per_row" else {}),
                 **({"fallback": spec.int8_fallback, "fallback_search": searches} if searches else {}),
+                **({"outlier_channels": spec.int8_outlier_channels}
+                   if searches and spec.int8_fallback == "outliers" else {}),
                 "reduce_range": preset["reduce_range"],
                 "dev": int8_dev, "metric_delta": delta,
                 "test_label_agreement_vs_fp32": label_agreement(

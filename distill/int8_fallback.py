@@ -102,6 +102,9 @@ def block_int8_matmuls(model_path: Path, nodes: list[str]) -> None:
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line a node
     config = DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=ACCURACY_INT8,
                                           bits=8, op_types_to_quantize=("MatMul",))
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(model_path)), nodes_to_include=list(nodes), algo_config=config)
+    model = onnx.load(str(model_path))
+    # nodes_to_include adds to the op types it converts anyway; every other float MatMul (the fp32 heads) is excluded
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(nodes)]
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_include=list(nodes), nodes_to_exclude=others, algo_config=config)
     quantizer.process()
     quantizer.model.save_model_to_file(str(model_path), False)

@@ -146,9 +146,18 @@ def stage_teacher(state: RunState) -> None:
 
 
 def _student_inputs(spec: StudentSpec) -> dict:
-    """The student's settings for its stage hash; `vocab_dropped` only counts for a vocabulary-pruned student
-    (so adding that option did not change the hash, and retrain, every other student)."""
-    return spec.model_dump(exclude=set() if spec.vocab is not None else {"vocab_dropped"})
+    """The student's settings for its stage hash; `vocab_dropped` only counts for a vocabulary-pruned student and
+    `embedding_bits` only when set (so adding those options did not change the hash, and retrain, other students)."""
+    excluded = ({"vocab_dropped"} if spec.vocab is None else set()) | (
+        {"embedding_bits"} if spec.embedding_bits is None else set())
+    return spec.model_dump(exclude=excluded)
+
+
+def _distillation_inputs(recipe: Recipe) -> dict:
+    """The distillation settings for a student's stage hash; `sampling` only when set (the hashes of recipes
+    written before it existed stay as they were)."""
+    config = recipe.distillation
+    return config.model_dump(exclude={"sampling"} if config.sampling is None else set())
 
 
 def _training_inputs(recipe: Recipe) -> dict:
@@ -257,7 +266,7 @@ def stage_train(state: RunState, only: list[str] | None) -> None:
         if only and spec.name not in only:
             continue
         inputs = {"cache": state.source_key, "student": _student_inputs(spec),
-                  "distillation": recipe.distillation.model_dump(), "seed": recipe.seed,
+                  "distillation": _distillation_inputs(recipe), "seed": recipe.seed,
                   "weights": [t.weight for t in recipe.tasks], **_training_inputs(recipe)}
         state.run_stage(f"train:{spec.name}", sha256_json(inputs), [directory / "heads.safetensors"],
                         lambda spec=spec, directory=directory: train_student(

@@ -152,6 +152,10 @@ class StudentSpec(Strict):
     vocab_dropped: Literal["nearest", "unk"] = Field(
         default="nearest", description="a dropped piece reads the kept piece nearest to it in the teacher's "
                                        "embedding space (of the same kind: word start or ##continuation), or [UNK]")
+    embedding_bits: Literal[4, 8] | None = Field(
+        default=None, description="train the word-embedding table as 4- or 8-bit values with one scale per row "
+                                  "(straight-through); the int8 export then stores it at that width with no loss "
+                                  "of its own: 4 bits halve the table against int8")
     pruning: PruningSpec = PruningSpec()
     qat_epochs: int = Field(default=0, ge=0, description="fake-quantize int8 during the last N epochs")
     qat_activations: bool = Field(default=False, description="QAT also fake-quantizes Linear inputs (uint8)")
@@ -269,6 +273,16 @@ class StageSpec(Strict):
         return check_name(value, "distillation.stages.name")
 
 
+class SamplingSpec(Strict):
+    """How one epoch mixes batches of several tasks."""
+
+    strategy: Literal["proportional", "temperature", "round_robin"] = Field(
+        default="proportional",
+        description="proportional: every example once per epoch; temperature: task i drawn with probability "
+                    "∝ n_i^(1/temperature); round_robin: the tasks in turn (the last two keep the epoch's length)")
+    temperature: float = Field(default=2.0, gt=0, description="T of the temperature strategy (1 = proportional)")
+
+
 class DistillationSpec(Strict):
     """Loss weights and optimisation of the students."""
 
@@ -291,6 +305,9 @@ class DistillationSpec(Strict):
                                   "best dev epoch)")
     teacher_source: Literal["cache", "online"] = Field(
         default="cache", description="teacher outputs from the cache, or from the teacher run on every batch")
+    sampling: SamplingSpec | None = Field(
+        default=None, description="how the students' epochs mix the tasks; default: training.sampling (which the "
+                                  "teacher uses)")
     epochs: float = Field(default=3, gt=0)
     batch_size: int = Field(default=32, gt=0)
     learning_rate: float = Field(default=1e-4, gt=0)
@@ -318,16 +335,6 @@ class DistillationSpec(Strict):
             return [s.model_copy(update={"epochs": s.epochs or self.epochs}) for s in self.stages]
         losses = self.losses or LossWeights(hard=self.alpha, kd_kl=1 - self.alpha, hidden_mse=self.hidden_weight)
         return [StageSpec(name="distill", epochs=self.epochs, losses=losses)]
-
-
-class SamplingSpec(Strict):
-    """How one epoch mixes batches of several tasks."""
-
-    strategy: Literal["proportional", "temperature", "round_robin"] = Field(
-        default="proportional",
-        description="proportional: every example once per epoch; temperature: task i drawn with probability "
-                    "∝ n_i^(1/temperature); round_robin: the tasks in turn (the last two keep the epoch's length)")
-    temperature: float = Field(default=2.0, gt=0, description="T of the temperature strategy (1 = proportional)")
 
 
 class TrainingSpec(Strict):
@@ -392,14 +399,21 @@ class ExportSpec(Strict):
     int8_embeddings: Literal["per_row", "per_tensor", "fp32"] = Field(
         default="per_row", description="embedding tables in int8 models: int8 with one scale per row, "
                                        "onnxruntime's one scale per table, or kept fp32")
+    int8_heads: bool = Field(
+        default=False, description="quantize the task heads (the last Linear before each output) too; by default "
+                                   "they stay fp32: a few KB, and their rounding would land on the logits directly")
     int8_min_agreement: float | None = Field(
         default=None, gt=0, le=1, description="take the weight MatMuls with the most int8 noise out of the int8 "
                                               "scheme, one at a time, until int8 and fp32 agree on this share of "
                                               "every task's dev labels (off when unset); searched in the first "
                                               "quantization mode, the other modes take the same nodes out")
-    int8_fallback: Literal["block_int8", "fp32"] = Field(
-        default="block_int8", description="what those MatMuls become: 8-bit weights and activations quantized per "
-                                          "block of 128 (onnxruntime MatMulNBits), or fp32")
+    int8_fallback: Literal["outliers", "block_int8", "fp32"] = Field(
+        default="outliers", description="what those MatMuls become: int8 with their int8_outlier_channels largest "
+                                        "input channels in fp32 (LLM.int8-style split), 8-bit weights and "
+                                        "activations quantized per block of 128 (onnxruntime MatMulNBits), or fp32")
+    int8_outlier_channels: int = Field(
+        default=8, ge=1, description="input channels per MatMul, the largest on a dev sample, that int8_fallback: "
+                                     "outliers computes in fp32")
     int8_max_fallback_nodes: int = Field(default=8, ge=0, description="most MatMuls int8_min_agreement may take out")
     calibration_examples: int = Field(default=256, gt=0, description="dev examples per task for static int8")
     isa: Literal["auto", "avx2", "avx512", "vnni", "generic"] = "auto"
@@ -497,6 +511,9 @@ class Recipe(Strict):
             if student.qat_epochs > epochs:
                 raise ValueError(f"students.{student.name}.qat_epochs: {student.qat_epochs} is more than the "
                                  f"{epochs} distillation epoch(s) of the last stage")
+            if student.embedding_bits is not None and self.export.int8_embeddings != "per_row":
+                raise ValueError(f"students.{student.name}.embedding_bits: the export stores snapped tables only "
+                                 f"with export.int8_embeddings: per_row (not {self.export.int8_embeddings})")
             if student.prunes and student.pruning.schedule == "iterative" and student.pruning.rounds > epochs:
                 raise ValueError(f"students.{student.name}.pruning.rounds: {student.pruning.rounds} is more than "
                                  f"the {epochs} distillation epoch(s) of the last stage")

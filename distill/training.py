@@ -60,11 +60,15 @@ class TrainSettings:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, role: Literal["teacher", "student"]) -> TrainSettings:
-        """The teacher's (teacher:) or the students' (distillation:) optimisation, with the recipe's training:."""
+        """The teacher's (teacher:) or the students' (distillation:) optimisation, with the recipe's training:
+        (the students' task mixing from distillation.sampling when set)."""
         spec = recipe.teacher if role == "teacher" else recipe.distillation
         key = "teacher.batch_size" if role == "teacher" else "distillation.batch_size"
+        engine = recipe.training
+        if role == "student" and recipe.distillation.sampling is not None:
+            engine = engine.model_copy(update={"sampling": recipe.distillation.sampling})
         return cls(spec.epochs, spec.batch_size, spec.learning_rate, spec.warmup_ratio, recipe.training_seed,
-                   recipe.training, key)
+                   engine, key)
 
     def fingerprint(self, num_processes: int, train: dict[str, EncodedSplit]) -> str:
         """What a checkpoint must match to be resumed (settings that only change logging are left out)."""

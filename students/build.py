@@ -31,7 +31,7 @@ from students.layers import keep_layers, pick_layers, save_layer_map
 from students.lora import add_lora, merged_encoder
 from students.modules import plain_modules
 from students.pruning import IterativePruning, apply_masks, prune_ffn, prune_heads
-from students.qat import QatSettings, qat_hook
+from students.qat import QatSettings, qat_hook, snap_word_embeddings
 from students.vocab import (
     VocabMap,
     accept_teacher_ids,
@@ -147,6 +147,9 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
                    ffn=spec.ffn or int(config.intermediate_size), vocab_size=int(config.vocab_size))
     if vocab is not None:
         accept_teacher_ids(student, vocab)
+    if spec.embedding_bits is not None:
+        snap_word_embeddings(student, spec.embedding_bits)
+        details["embedding_bits"] = spec.embedding_bits
     hooks = [gradual.on_epoch_start] if gradual is not None else []
     first_eligible = spec.pruning.rounds if gradual is not None else 1
     if spec.qat_epochs:

@@ -36,34 +36,47 @@ def fake_quant_uint8(values: torch.Tensor) -> torch.Tensor:
     return torch.fake_quantize_per_tensor_affine(values, scale, zero, 0, UINT8_MAX)
 
 
-def fake_quant_rows(table: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 round trip with one scale per row (the export's per_row embedding tables)."""
-    scale = table.detach().abs().amax(dim=1) / INT8_MAX
+def fake_quant_rows(table: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Symmetric `bits`-bit round trip with one scale per row (the export's per_row embedding tables): scale =
+    max|row| / (2^(bits-1) - 1), straight-through gradient."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = table.detach().abs().amax(dim=1) / qmax
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     zero = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(table, scale, zero, 0, -INT8_MAX, INT8_MAX)
+    return torch.fake_quantize_per_channel_affine(table, scale, zero, 0, -qmax, qmax)
 
 
 class StudentEmbedding(nn.Embedding):
     """An embedding that takes teacher token ids (mapped through `id_map` to the kept rows) and can fake-quantize
     its table the way the int8 export stores it: `per_row` (int8, a scale per row) or `per_tensor` (onnxruntime's
-    uint8 Gather)."""
+    uint8 Gather). With `snap_bits`, the table always reads as `snap_bits`-bit values with a scale per row (and
+    is saved so): the export then stores it at that width without any rounding of its own."""
 
-    def __init__(self, source: nn.Embedding, id_map: torch.Tensor | None = None, fake_quant: str | None = None):
+    def __init__(self, source: nn.Embedding, id_map: torch.Tensor | None = None, fake_quant: str | None = None,
+                 snap_bits: int | None = None):
         super().__init__(source.num_embeddings, source.embedding_dim, source.padding_idx, device="meta")
         self.weight = source.weight  # the same Parameter object, so optimizer state follows it
         self.register_buffer("id_map", id_map, persistent=False)
         self.fake_quant = fake_quant
+        self.snap_bits = snap_bits
+
+    def snapped_weight(self) -> torch.Tensor:
+        """The table as the forward reads it without QAT: snapped to `snap_bits` per row, or as it is."""
+        return fake_quant_rows(self.weight, self.snap_bits) if self.snap_bits else self.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.id_map is not None:
             ids = self.id_map[ids]
-        weight = self.weight
-        if self.fake_quant == "per_row":
-            weight = fake_quant_rows(weight)
-        elif self.fake_quant == "per_tensor":
-            weight = fake_quant_uint8(weight)
-        return F.embedding(ids, weight, self.padding_idx)
+        if self.fake_quant == "per_tensor" and not self.snap_bits:
+            return F.embedding(ids, fake_quant_uint8(self.weight), self.padding_idx)
+        rows = F.embedding(ids, self.weight, self.padding_idx)
+        # a row's scale is its own: rounding the looked-up rows equals looking up the rounded table, for a
+        # batch's rows instead of the whole vocabulary. A snapped table is already on a grid as coarse as (or
+        # coarser than) the int8 rows QAT would simulate.
+        bits = self.snap_bits or (8 if self.fake_quant == "per_row" else None)
+        if bits is None:
+            return rows
+        return fake_quant_rows(rows.reshape(-1, rows.shape[-1]), bits).reshape(rows.shape)
 
 
 class StudentLinear(nn.Linear):
@@ -103,11 +116,12 @@ def replace_modules(root: nn.Module, kind: type[nn.Module], factory) -> int:
 
 
 def plain_modules(root: nn.Module) -> None:
-    """Swap the stand-ins back to nn.Embedding / nn.Linear holding the same weights (masks must be applied first)."""
+    """Swap the stand-ins back to nn.Embedding / nn.Linear holding the same weights (masks must be applied first;
+    a snapped embedding keeps its snapped values)."""
 
     def embedding(module: StudentEmbedding) -> nn.Embedding:
         plain = nn.Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx, device="meta")
-        plain.weight = module.weight
+        plain.weight = module.weight if not module.snap_bits else nn.Parameter(module.snapped_weight().detach())
         return plain
 
     def linear(module: StudentLinear) -> nn.Linear:

@@ -55,6 +55,16 @@ def enable_fake_quant(model: MultiTaskModel, settings: QatSettings) -> int:
     return count
 
 
+def snap_word_embeddings(model: MultiTaskModel, bits: int) -> None:
+    """Make the word-embedding table read (and save) as `bits`-bit values with one scale per row, from the first
+    step on: the student learns around the rounding, and the export stores the table at that width exactly."""
+    table = model.encoder.get_input_embeddings()
+    if not isinstance(table, StudentEmbedding):
+        table = StudentEmbedding(table)
+        model.encoder.set_input_embeddings(table)
+    table.snap_bits = bits
+
+
 def qat_hook(settings: QatSettings):
     """An on_epoch_start hook for train_loop that turns fake quantization on at `settings.start_epoch`."""
 

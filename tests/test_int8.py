@@ -11,6 +11,7 @@ from distill.data import encode_tasks, load_tasks
 from distill.embedding_int8 import embedding_gathers, quantize_rows
 from distill.exporter import export_artifact, quantize_int8
 from distill.int8_fallback import logit_noise, search_fallbacks
+from distill.int8_outliers import OUTLIER_SUFFIX, input_channel_max, outlier_channels, split_outlier_channels
 from distill.recipe import ExportSpec, load_recipe
 from distill.runtime import OnnxForward, Predictor
 from distill.tokenizer import load_tokenizer
@@ -105,7 +106,7 @@ def test_logit_noise_is_relative_to_the_logits():
     assert logit_noise(ref, {"t": [2 * x for x in ref["t"]]}) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("fallback", ["fp32", "block_int8"])
+@pytest.mark.parametrize("fallback", ["fp32", "block_int8", "outliers"])
 def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_base, tmp_path, monkeypatch, caplog,
                                                             fallback):
     import distill.exporter as exporter
@@ -132,13 +133,79 @@ def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_ba
     by_name = {n.name: n.op_type for n in graph.node}
     if fallback == "fp32":
         assert all(by_name[name] == "MatMul" for name in search["nodes"])
+    elif fallback == "outliers":
+        small = [name for name in by_name if name.endswith(OUTLIER_SUFFIX)]
+        assert sorted(small) == sorted(f"{name}{OUTLIER_SUFFIX}" for name in search["nodes"])
+        assert all(by_name[name] == "MatMul" for name in small), "the outlier channels stay fp32"
+        assert dynamic["outlier_channels"] == 8 and "outlier_channels" in manifest["checks"]["int8"]["static"]
     else:
         assert not set(search["nodes"]) & {n for n, op in by_name.items() if op == "MatMul"}
-        assert sum(op == "MatMulNBits" for op in by_name.values()) == 2
+        assert sum(op == "MatMulNBits" for op in by_name.values()) == 2, [n for n, op in by_name.items() if op == "MatMulNBits"]
     assert any(op == "MatMulInteger" for op in by_name.values())
+    heads = [n for n, op in by_name.items() if n.startswith(("/model/sentiment/", "/model/ner/"))
+             and op in ("MatMul", "Gemm", "MatMulInteger", "MatMulNBits")]
+    assert len(heads) == 2 and all(by_name[n] in ("MatMul", "Gemm") for n in heads), "the heads (a Gemm too) stay fp32"
     assert "below export.int8_min_agreement" in caplog.text
     static = manifest["checks"]["int8"]["static"]["fallback_search"]["model"]
     assert static == {"nodes": search["nodes"], "searched_in": "dynamic"}, "static reuses the search"
     for precision in ("int8", "int8-static"):
         assert Predictor(tmp_path / "a", precision=precision).predict(["the film was great fun"])
     assert not list((tmp_path / "a").glob("*probe*"))
+
+
+def _matmul_graph(weight: np.ndarray, path) -> None:
+    """x [1, tokens, K] -> MatMul(x, W): two nodes reading the same input."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="first"),
+             helper.make_node("MatMul", ["x", "w2"], ["z"], name="second")]
+    k, n = weight.shape
+    graph = helper.make_graph(
+        nodes, "matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, n]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, None, n])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(weight[:, ::-1].copy(), "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_outlier_channels_run_in_fp32_and_shrink_the_int8_error(tmp_path):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(32, 16)).astype(np.float32)
+    x = rng.normal(size=(1, 40, 32)).astype(np.float32)
+    x[..., [3, 20]] *= 60  # two channels far larger than the rest in every token, as in BERT's FFN inputs
+    _matmul_graph(weight, tmp_path / "fp32.onnx")
+    feeds = [{"x": x, "attention_mask": np.ones((1, 40), dtype=np.int64)}]
+    largest = input_channel_max(tmp_path / "fp32.onnx", ["first", "second"], feeds)
+    assert np.allclose(largest["first"], np.abs(x[0]).max(axis=0))
+    channels = outlier_channels(largest, 2)
+    assert channels["first"].tolist() == [3, 20] == channels["second"].tolist()
+
+    def run(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})
+
+    reference = run(tmp_path / "fp32.onnx")
+    split = tmp_path / "split.onnx"
+    split.write_bytes((tmp_path / "fp32.onnx").read_bytes())
+    assert split_outlier_channels(split, channels) == [f"first{OUTLIER_SUFFIX}", f"second{OUTLIER_SUFFIX}"]
+    graph = onnx.load(str(split)).graph
+    assert sum(n.op_type == "Gather" for n in graph.node) == 1, "nodes reading the same input share the split"
+    for got, want in zip(run(split), reference, strict=True):
+        assert np.allclose(got, want, atol=1e-3), "the split is the same product in fp32"
+    plain, decomposed = tmp_path / "plain.int8.onnx", tmp_path / "split.int8.onnx"
+    # both MatMuls feed graph outputs, so they count as heads: int8_heads quantizes them anyway
+    quantize_int8(tmp_path / "fp32.onnx", plain, "dynamic", True, False, embeddings="fp32", int8_heads=True)
+    quantize_int8(tmp_path / "fp32.onnx", decomposed, "dynamic", True, False, embeddings="fp32",
+                  fallback_nodes=["first", "second"], fallback="outliers", outliers=channels, int8_heads=True)
+    ops = [n.op_type for n in onnx.load(str(decomposed)).graph.node]
+    assert "MatMulInteger" in ops and ops.count("MatMul") == 2, "the big products int8, the outlier rows fp32"
+    heads_kept = tmp_path / "heads.int8.onnx"
+    quantize_int8(tmp_path / "fp32.onnx", heads_kept, "dynamic", True, False, embeddings="fp32")
+    assert [n.op_type for n in onnx.load(str(heads_kept)).graph.node] == ["MatMul", "MatMul"], "heads stay fp32"
+
+    def error(path):
+        return max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(run(path), reference, strict=True))
+
+    assert error(decomposed) < error(plain) / 4

@@ -262,6 +262,24 @@ def test_training_recipe_section_validates(recipe_file):
         load_recipe(recipe_file(lambda r: r.update(training={"sampling": {"strategy": "random"}})))
 
 
+def test_students_mix_tasks_by_distillation_sampling_and_the_teacher_by_training_sampling(recipe_file):
+    from distill.pipeline import _distillation_inputs
+    from distill.recipe import load_recipe
+
+    plain = load_recipe(recipe_file(lambda r: None))
+    assert "sampling" not in _distillation_inputs(plain), "recipes without it keep their student stage hashes"
+    assert TrainSettings.from_recipe(plain, "student").engine.sampling.strategy == "proportional"
+
+    def students_by_temperature(r):
+        r["distillation"]["sampling"] = {"strategy": "temperature", "temperature": 2}
+
+    recipe = load_recipe(recipe_file(students_by_temperature))
+    student = TrainSettings.from_recipe(recipe, "student").engine
+    assert student.sampling.strategy == "temperature" and student.sampling.temperature == 2
+    assert TrainSettings.from_recipe(recipe, "teacher").engine.sampling.strategy == "proportional"
+    assert _distillation_inputs(recipe)["sampling"]["strategy"] == "temperature"
+
+
 def test_fused_optimizer_takes_the_same_steps_as_the_per_tensor_loop():
     torch.manual_seed(0)
     weights = [torch.randn(6, 4), torch.randn(4)]
