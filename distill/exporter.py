@@ -120,13 +120,14 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
 
     prepared = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    kept = fp32_node_names(prepared, keep_fp32 or []) + ([] if int8_heads else head_nodes(prepared))
+    kept = fp32_node_names(prepared, keep_fp32 or [])
+    heads = [] if int8_heads else head_nodes(prepared)
     if fallback == "outliers":
         assert outliers is not None or not fallback_nodes, "fallback outliers needs the channels of each node"
         small = split_outlier_channels(prepared, {n: outliers[n] for n in fallback_nodes or []}) if outliers else []
-        excluded = sorted(set(kept) | set(small))
+        excluded = sorted(set(kept) | set(heads) | set(small))
     else:
-        excluded = sorted(set(kept) | set(fallback_nodes or []))
+        excluded = sorted(set(kept) | set(heads) | set(fallback_nodes or []))
     excluded += gemm_matmul_names(prepared, excluded)
     tables = embedding_gathers(prepared) if embeddings != "per_tensor" or only_nodes is not None else []
     common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
@@ -212,9 +213,10 @@ def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pre
     dev_fp32 = _predictions(reference, tasks, "dev", pad_id)
     sample = [_dev_sample(t, FALLBACK_NOISE_EXAMPLES) for t in tasks]
     sample_fp32 = _predictions(reference, sample, "dev", pad_id)
-    kept = fp32_node_names(source, spec.keep_fp32) + ([] if spec.int8_heads else head_nodes(source))
+    kept = fp32_node_names(source, spec.keep_fp32)
+    fp32_anyway = set(kept) | set([] if spec.int8_heads else head_nodes(source))
     # MatMulNBits and the outlier split replace MatMuls only; a Gemm (a classifier head) can only fall back to fp32
-    candidates = [n for n in weight_matmuls(source, gemm=spec.int8_fallback == "fp32") if n not in kept]
+    candidates = [n for n in weight_matmuls(source, gemm=spec.int8_fallback == "fp32") if n not in fp32_anyway]
     probe = target.with_name(f"{target.stem}.probe.onnx")
 
     def noise_of(node: str) -> float:
