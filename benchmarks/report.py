@@ -186,38 +186,57 @@ def render_html(report: dict[str, Any], plot_png: bytes) -> str:
     )
 
 
+FORMAT_MARKERS = {"onnx-int8": "s", "onnx-int8-static": "D"}  # fp32 formats (torch, ONNX): circles
+
+
 def plot_pareto(report: dict[str, Any], path: Path) -> None:
-    """Mean score against p50 latency; point area grows with size on disk; the front is joined by a line."""
+    """Mean score against p50 latency; the marker says the format, point area grows with size on disk, the
+    front is joined by a line. Each model is named once (at its dynamic int8 point when it has one), so the
+    names stay readable where a model's formats sit close together."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     colors = {"teacher": "tab:red", "baseline": "tab:gray", "student": "tab:blue"}
     for m in report["models"]:
-        x, y = m["latency_ms"]["p50"], m["mean_score"]
-        marker = "s" if m["format"] == "onnx-int8" else "o"
-        ax.scatter(x, y, s=20 + m["size_bytes"] / 1e6 * 4, c=colors.get(m["role"], "tab:green"), marker=marker,
+        ax.scatter(m["latency_ms"]["p50"], m["mean_score"], s=20 + m["size_bytes"] / 1e6 * 4,
+                   c=colors.get(m["role"], "tab:green"), marker=FORMAT_MARKERS.get(m["format"], "o"),
                    alpha=0.7, edgecolors="black", linewidths=0.5)
-        ax.annotate(f"{m['name']} ({m['format']}, {m['size_bytes'] / 1e6:.1f} MB)", (x, y), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    for m in labelled_points(report["models"]):
+        ax.annotate(f"{m['name']} ({m['size_bytes'] / 1e6:.1f} MB)", (m["latency_ms"]["p50"], m["mean_score"]),
+                    fontsize=7, xytext=(5, 3), textcoords="offset points")
+    handles = [Line2D([], [], ls="", marker=marker, mfc="white", mec="black", label=label)
+               for marker, label in (("o", "fp32 (ONNX, torch)"), ("s", "int8 dynamic"), ("D", "int8 static"))]
     front = sorted((m for m in report["models"] if model_key(m) in set(report.get("pareto_front", []))),
                    key=lambda m: m["latency_ms"]["p50"])
     if front:
-        ax.plot([m["latency_ms"]["p50"] for m in front], [m["mean_score"] for m in front], "--", c="black", lw=0.8,
-                label="Pareto front")
-        ax.legend(loc="lower right")
+        handles += ax.plot([m["latency_ms"]["p50"] for m in front], [m["mean_score"] for m in front], "--",
+                           c="black", lw=0.8, label="Pareto front")
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
     lat = report["models"][0]["latency_ms"]
     ax.set_xlabel(f"p50 latency, ms (batch {lat['batch']} × {lat['seq_len']} tokens)")
     ax.set_ylabel("mean task score (test)")
-    ax.set_title("distill: score vs latency (circle = fp32, square = int8; area = size)")
+    ax.set_title("distill: score vs latency (area = size on disk; labels at int8 where there is one)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
+
+
+def labelled_points(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per model name: its dynamic int8 one, else static int8, else the first listed."""
+    preference = {"onnx-int8": 0, "onnx-int8-static": 1}
+    chosen: dict[str, dict[str, Any]] = {}
+    for m in models:
+        best = chosen.get(m["name"])
+        if best is None or preference.get(m["format"], 2) < preference.get(best["format"], 2):
+            chosen[m["name"]] = m
+    return list(chosen.values())
 
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> None:

@@ -1,6 +1,8 @@
 """`distill sweep` and the report's student section."""
 
-from benchmarks.report import qat_comparisons, render_markdown, student_rows
+import shutil
+
+from benchmarks.report import labelled_points, qat_comparisons, render_markdown, student_rows
 from distill.cli import main
 
 
@@ -40,6 +42,12 @@ def test_student_table_is_sorted_by_size_with_structure_and_the_pareto_front():
     assert dict(zip(header, rows[-1], strict=True))["Pareto"] == "*"
 
 
+def test_the_plot_names_each_model_once_at_its_int8_point():
+    models = [*_report()["models"], _model("small", "onnx-int8-static", 6e6, 0.94, 2.2)]
+    named = {m["name"]: m["format"] for m in labelled_points(models)}
+    assert named == {"teacher": "torch-fp32", "big": "onnx-int8", "small": "onnx-int8", "small-qat": "onnx-int8"}
+
+
 def test_qat_student_is_compared_with_its_twin_without_qat():
     lines = qat_comparisons(_report())
     assert len(lines) == 1
@@ -49,13 +57,15 @@ def test_qat_student_is_compared_with_its_twin_without_qat():
     assert "## Students" in text and "## Quantization-aware training" in text
 
 
-def test_sweep_trains_exports_benchmarks_and_prints_the_students(trained_run, monkeypatch, capsys):
-    monkeypatch.setenv("DISTILL_CACHE_DIR", str(trained_run / "cache"))
-    assert main(["sweep", str(trained_run / "recipe.yaml"), "--out", str(trained_run / "out")]) == 0
+def test_sweep_trains_exports_benchmarks_and_prints_the_students(trained_run, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"  # a copy: the session's shared run stays as the pipeline wrote it
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("data"))
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(run / "cache"))
+    assert main(["sweep", str(trained_run / "recipe.yaml"), "--out", str(run / "out")]) == 0
     out = capsys.readouterr().out
     assert '"status": "cached"' in out and "## Students" in out and "| s2 | onnx-int8 | 1,3 |" in out
     assert "Best student on the Pareto front: " in out
-    assert "## Students" in (trained_run / "out" / "report.md").read_text()
+    assert "## Students" in (run / "out" / "report.md").read_text()
 
 
 def test_flops_estimate_counts_only_the_heads_a_pruned_model_keeps(tmp_path):
