@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.agreement import expected_agreement, label_agreement
 from distill.batching import eval_batches, pad_batch
-from distill.data import IGNORE_INDEX, EncodedSplit, TaskData, TaskInfo
+from distill.data import EncodedSplit, TaskData
 from distill.embedding_int8 import embedding_gathers, on_int4_grid, quantize_embedding_rows
 from distill.errors import DistillError
 from distill.evaluation import ForwardFn, evaluate, predict, primary_scores, torch_forward
@@ -32,7 +33,6 @@ from distill.int8_fallback import (
     weight_matmuls,
 )
 from distill.int8_outliers import input_channel_max, outlier_channels, split_outlier_channels
-from distill.metrics import multi_label_decisions
 from distill.progress import progress
 from distill.recipe import ExportSpec
 from distill.runtime import MODEL_FILES, OnnxForward, output_name, task_file
@@ -43,7 +43,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 PARITY_EXAMPLES = 256
 INT8_WARN_DROP = 0.01
 FALLBACK_NOISE_EXAMPLES = 128  # dev examples per task on which each node's int8 noise is measured
-REGRESSION_TOLERANCE = 0.05  # regression outputs "agree" within this share of the gold values' std
 
 
 class _Heads(torch.nn.Module):
@@ -224,10 +223,14 @@ def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pre
         return logit_noise(sample_fp32, _predictions(OnnxForward(probe, optimization_level=level), sample, "dev",
                                                      pad_id))
 
+    counted: dict[str, float] = {}
+
     def agreement_with(fallback_nodes: list[str]) -> dict[str, float]:
         quantize(target, fallback_nodes)
-        return label_agreement(tasks, "dev", _predictions(OnnxForward(target, optimization_level=level), tasks,
-                                                          "dev", pad_id), dev_fp32)
+        dev_int8 = _predictions(OnnxForward(target, optimization_level=level), tasks, "dev", pad_id)
+        counted.update(label_agreement(tasks, "dev", dev_int8, dev_fp32))  # the last call quantizes the chosen graph
+        return dict(counted) if spec.int8_agreement == "labels" else expected_agreement(tasks, "dev", dev_fp32,
+                                                                                         dev_int8)
 
     try:
         search = search_fallbacks(candidates, noise_of, agreement_with, spec.int8_min_agreement,
@@ -236,6 +239,7 @@ def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pre
                                                          leave=False, unit="node"))
     finally:
         probe.unlink(missing_ok=True)
+    search.measure, search.dev_label_agreement = spec.int8_agreement, counted
     if not search.reached:
         log.warning("%s: int8 dev agreement %s is below export.int8_min_agreement %s with %d fallback node(s) "
                     "(export.int8_max_fallback_nodes)", target.name, search.agreement, spec.int8_min_agreement,
@@ -281,40 +285,6 @@ def calibration_feeds(tasks: list[TaskData], per_task: int, pad_id: int) -> list
             batch = pad_batch(task.info.name, split, indices, pad_id)
             feeds.append({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
     return feeds
-
-
-def label_agreement(tasks: list[TaskData], split: str, a: dict[str, list[np.ndarray]],
-                    b: dict[str, list[np.ndarray]]) -> dict[str, float]:
-    """Share of predictions two models agree on, per task (see `_agreement`)."""
-    out = {}
-    for task in tasks:
-        name = task.info.name
-        same, total = _agreement(task.info, task.encoded[split], a[name], b[name])
-        out[name] = same / max(total, 1)
-    return out
-
-
-def _agreement(info: TaskInfo, split: EncodedSplit, a: list[np.ndarray], b: list[np.ndarray]) -> tuple[int, int]:
-    """(agreeing, compared) decisions: labels (token tasks: the labelled first sub-tokens), each label's yes/no
-    (multi-label), or values within REGRESSION_TOLERANCE × the gold values' std (regression)."""
-    if not a:
-        return 0, 0
-    if info.type == "regression":
-        tolerance = REGRESSION_TOLERANCE * (float(np.std(split.labels)) or 1.0)
-        close = np.abs(np.ravel(np.stack(a)) - np.ravel(np.stack(b))) <= tolerance
-        return int(close.sum()), close.size
-    if info.type == "multi_label_classification":
-        same = multi_label_decisions(np.stack(a)) == multi_label_decisions(np.stack(b))
-        return int(same.sum()), same.size
-    if info.type == "sequence_classification":
-        same = np.argmax(np.stack(a), -1) == np.argmax(np.stack(b), -1)
-        return int(same.sum()), same.size
-    agree = total = 0
-    for labels, x, y in zip(split.labels, a, b, strict=True):
-        keep = np.asarray(labels) != IGNORE_INDEX
-        agree += int((np.argmax(x, -1)[keep] == np.argmax(y, -1)[keep]).sum())
-        total += int(keep.sum())
-    return agree, total
 
 
 def fp32_parity(model: MultiTaskModel, onnx: OnnxForward, tasks: list[TaskData], pad_id: int) -> float:
@@ -397,6 +367,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             int8 = OnnxForward(int8_path, optimization_level=level)
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev"))
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
+            int8_test = _predictions(int8, tasks, "test", pad_id)
             checks["int8"][mode] = {
                 "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel,
                 "fp32_nodes": len(excluded), "embeddings": spec.int8_embeddings,
@@ -406,8 +377,8 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                    if searches and spec.int8_fallback == "outliers" else {}),
                 "reduce_range": preset["reduce_range"],
                 "dev": int8_dev, "metric_delta": delta,
-                "test_label_agreement_vs_fp32": label_agreement(
-                    tasks, "test", _predictions(int8, tasks, "test", pad_id), fp32_test),
+                "test_label_agreement_vs_fp32": label_agreement(tasks, "test", int8_test, fp32_test),
+                "test_expected_agreement_vs_fp32": expected_agreement(tasks, "test", fp32_test, int8_test),
             }
             _check_int8_drop(model_dir, mode, delta, spec.max_int8_drop)
         if not spec.fp32:

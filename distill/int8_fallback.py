@@ -5,9 +5,11 @@ borderline examples that noise flips labels (1-2 % of the demo's sentiment test 
 from a few nodes (the first layer's feed-forward block, on the demo). With `export.int8_min_agreement`,
 each candidate node is quantized alone on a dev sample and ranked by how far it moves the logits; then the
 noisiest nodes leave the per-tensor int8 scheme one at a time until int8 and fp32 agree on the dev labels of
-every task (short of that, the fewest nodes that gave the best agreement are kept). A node that leaves becomes
-fp32, or (`block_int8`, the default) onnxruntime's MatMulNBits with 8-bit weights and int8 activations
-quantized per block of 128 values: nearly fp32's accuracy at int8's size, at about fp32's speed on CPU."""
+every task, expected (`distill.agreement`, the default) or counted; short of that, the fewest nodes that gave
+the best agreement are kept. A node that leaves becomes (`export.int8_fallback`) int8 with its largest input
+channels in fp32 (`outliers`, the default, see `distill.int8_outliers`), onnxruntime's MatMulNBits with 8-bit
+weights and int8 activations quantized per block of 128 values (`block_int8`: nearly fp32's accuracy at
+int8's size, at about fp32's speed on CPU), or fp32."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ class FallbackSearch:
     agreement_before: dict[str, float] = field(default_factory=dict)
     agreement: dict[str, float] = field(default_factory=dict)
     noise: dict[str, float] = field(default_factory=dict)
+    measure: str = "labels"
+    dev_label_agreement: dict[str, float] = field(default_factory=dict)
 
     @property
     def reached(self) -> bool:
@@ -37,16 +41,16 @@ class FallbackSearch:
 
     def as_dict(self) -> dict:
         top = dict(sorted(self.noise.items(), key=lambda kv: -kv[1])[:10])
-        return {"target_dev_agreement": self.target, "reached": self.reached, "nodes": self.nodes,
-                "dev_agreement_all_int8": self.agreement_before, "dev_agreement": self.agreement,
-                "noisiest_nodes": top}
+        return {"target_dev_agreement": self.target, "measure": self.measure, "reached": self.reached,
+                "nodes": self.nodes, "dev_agreement_all_int8": self.agreement_before, "dev_agreement": self.agreement,
+                "dev_label_agreement": self.dev_label_agreement, "noisiest_nodes": top}
 
 
 def search_fallbacks(candidates: list[str], noise_of: Callable[[str], float],
                      agreement_with: Callable[[list[str]], dict[str, float]], target: float, max_nodes: int,
                      progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> FallbackSearch:
     """Rank `candidates` by `noise_of` (one node quantized alone) and take the noisiest out one by one
-    until `agreement_with(fallback nodes)` (dev label agreement per task, which also quantizes the graph) is at
+    until `agreement_with(fallback nodes)` (dev agreement per task, which also quantizes the graph) is at
     least `target` everywhere, or `max_nodes` are out; then keep the fewest nodes with the best result."""
     result = FallbackSearch(target=target)
     result.agreement_before = result.agreement = agreement_with([])

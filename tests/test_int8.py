@@ -117,7 +117,7 @@ def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_ba
     encode_tasks(tasks, tokenizer, recipe.max_length)
     # each node moved to fp32 helps a little but never enough: the search keeps the two noisiest and warns
     calls = iter(range(1000))
-    monkeypatch.setattr(exporter, "label_agreement",
+    monkeypatch.setattr(exporter, "expected_agreement",
                         lambda tasks, *_: dict.fromkeys((t.info.name for t in tasks), 0.5 + 0.1 * next(calls)))
     spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=0.99, int8_max_fallback_nodes=2,
                       int8_fallback=fallback, calibration_examples=8)
@@ -127,6 +127,8 @@ def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_ba
     dynamic = manifest["checks"]["int8"]["dynamic"]
     search = dynamic["fallback_search"]["model"]
     assert not search["reached"] and len(search["nodes"]) == 2 and dynamic["fallback"] == fallback
+    assert search["measure"] == "expected" and search["dev_agreement"]["sentiment"] == pytest.approx(0.7)
+    assert set(search["dev_label_agreement"]) == {"sentiment", "ner"}, "the counted agreement of the chosen graph"
     noisiest = sorted(search["noisiest_nodes"], key=lambda n: -search["noisiest_nodes"][n])[:2]
     assert search["nodes"] == noisiest
     graph = onnx.load(str(tmp_path / "a" / "model.int8.onnx")).graph
@@ -151,6 +153,31 @@ def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_ba
     for precision in ("int8", "int8-static"):
         assert Predictor(tmp_path / "a", precision=precision).predict(["the film was great fun"])
     assert not list((tmp_path / "a").glob("*probe*"))
+
+
+def test_int8_agreement_labels_searches_on_the_counted_labels(trained_run, tiny_base, tmp_path, monkeypatch):
+    import distill.exporter as exporter
+
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(tiny_base)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    counted = iter([0.5, 0.995, 0.995])  # nothing int8 agrees on half the dev labels; one node out: enough
+
+    def fake_counted(tasks, split, *_):
+        return dict.fromkeys((t.info.name for t in tasks), next(counted) if split == "dev" else 1.0)
+
+    def no_estimate_on_dev(tasks, split, *_):
+        assert split == "test", "int8_agreement: labels must not search on the estimate"
+        return {}
+
+    monkeypatch.setattr(exporter, "label_agreement", fake_counted)
+    monkeypatch.setattr(exporter, "expected_agreement", no_estimate_on_dev)
+    spec = ExportSpec(int8_min_agreement=0.99, int8_agreement="labels", int8_max_fallback_nodes=3)
+    manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
+                               recipe.max_length, tokenizer.pad_token_id)
+    search = manifest["checks"]["int8"]["dynamic"]["fallback_search"]["model"]
+    assert search["measure"] == "labels" and search["reached"] and len(search["nodes"]) == 1
 
 
 def _matmul_graph(weight: np.ndarray, path) -> None:

@@ -109,6 +109,8 @@ def test_manifest_records_the_export_checks(trained_run):
         assert int8["metric_delta"]["sentiment"] == pytest.approx(
             int8["dev"]["sentiment"] - checks["dev_torch_fp32"]["sentiment"])
         assert all(0.0 <= v <= 1.0 for v in int8["test_label_agreement_vs_fp32"].values())
+        assert set(int8["test_expected_agreement_vs_fp32"]) == {"sentiment", "ner"}
+        assert all(0.0 <= v <= 1.0 for v in int8["test_expected_agreement_vs_fp32"].values())
     assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx", "model.int8-static.onnx"}
     assert manifest["versions"]["onnxruntime"]
     assert manifest["cpu"]["preset"] in ("vnni", "avx512", "avx2", "generic")

@@ -91,6 +91,8 @@ def test_multi_label_and_regression_end_to_end(typed_recipe, tmp_path):
     checks = read_json(out / "artifacts" / "s2" / "manifest.json")["checks"]
     assert checks["test_label_agreement_fp32_vs_torch"] == {"tags": 1.0, "rating": 1.0}
     assert set(checks["int8"]["dynamic"]["test_label_agreement_vs_fp32"]) == {"tags", "rating"}
+    expected = checks["int8"]["dynamic"]["test_expected_agreement_vs_fp32"]
+    assert set(expected) == {"tags", "rating"} and all(0.0 <= v <= 1.0 for v in expected.values())
 
     predictor = Predictor(out / "artifacts" / "teacher", precision="fp32")
     happy, sad = predictor.predict(["great fun lovely film in paris", "awful dull boring plot with bob"])
