@@ -89,7 +89,8 @@ def decision_margins(info: TaskInfo, split: EncodedSplit, fp32: list[np.ndarray]
         a = np.concatenate([x[k] for x, k in zip(fp32, keep, strict=True)])
         b = np.concatenate([x[k] for x, k in zip(int8, keep, strict=True)])
     top = a.argmax(-1)
-    return _top_margin(a, top), _top_margin(b, top) - _top_margin(a, top)
+    margin = _top_margin(a, top)
+    return margin, _top_margin(b, top) - margin
 
 
 def _top_margin(logits: np.ndarray, top: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ def test_every_shift_is_applied_to_every_margin():
 
 
 def test_a_flip_to_a_third_class_counts():
-    info = TaskInfo("cls", "sequence_classification", ["a", "b", "c"], "accuracy")
+    info = CLS
     fp32 = {"cls": [np.array([1.0, 0.0, 0.5])]}
     int8 = {"cls": [np.array([1.0, 0.0, 1.2])]}
     margin, shift = decision_margins(info, EncodedSplit([], [0]), fp32["cls"], int8["cls"])
