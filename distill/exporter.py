@@ -33,6 +33,7 @@ from distill.int8_fallback import (
     weight_matmuls,
 )
 from distill.int8_outliers import input_channel_max, outlier_channels, split_outlier_channels
+from distill.int8_smoothing import smooth_inputs, smoothing_scales
 from distill.progress import progress
 from distill.recipe import ExportSpec
 from distill.runtime import MODEL_FILES, OnnxForward, output_name, task_file
@@ -98,12 +99,13 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
                   keep_fp32: list[str] | None = None, embeddings: str = "per_row",
                   fallback_nodes: list[str] | None = None, fallback: str = "fp32",
                   only_nodes: list[str] | None = None, outliers: dict[str, np.ndarray] | None = None,
-                  int8_heads: bool = False) -> list[str]:
+                  int8_heads: bool = False, smoothing: dict[str, np.ndarray] | None = None) -> list[str]:
     """Int8 by onnxruntime: dynamic (weights; activations at run time) or static QDQ calibrated on `calibration`.
 
     Nodes whose name matches a regular expression of `keep_fp32` stay in fp32; `fallback_nodes` (MatMuls) are
     left out of the int8 scheme and become `fallback`: fp32, `block_int8` (see `block_int8_matmuls`), or
-    `outliers`: int8 with their `outliers[node]` input channels in fp32 (see `distill.int8_outliers`). The task
+    `outliers`: int8 with their `outliers[node]` input channels in fp32 (see `distill.int8_outliers`). The inputs
+    of the MatMuls in `smoothing` are divided by their s first (see `distill.int8_smoothing`). The task
     heads (see `head_nodes`) stay fp32 unless `int8_heads`. With
     `only_nodes`, only those are quantized (embeddings stay fp32). Embedding tables: `per_row` (int8, one
     scale per row, see `distill.embedding_int8`), `per_tensor` (onnxruntime's) or `fp32`. Returns the names
@@ -119,6 +121,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
 
     prepared = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    if smoothing:
+        smooth_inputs(prepared, smoothing)
     kept = fp32_node_names(prepared, keep_fp32 or [])
     heads = [] if int8_heads else head_nodes(prepared)
     if fallback == "outliers":
@@ -195,25 +199,34 @@ def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pre
                     found: list[str] | None = None) -> tuple[list[str], FallbackSearch | None]:
     """One int8 graph; with `export.int8_min_agreement`, the fallback search on dev (see int8_fallback),
     unless another mode's search `found` the nodes already. Returns the keep_fp32 nodes and the search."""
+    kept = fp32_node_names(source, spec.keep_fp32)
+    fp32_anyway = set(kept) | set([] if spec.int8_heads else head_nodes(source))
+    need_outliers = spec.int8_fallback == "outliers" and (bool(found) or spec.int8_min_agreement is not None)
+    scales: dict[str, np.ndarray] = {}
     outliers = None
-    if spec.int8_fallback == "outliers" and (found or spec.int8_min_agreement is not None):
+    if spec.int8_smoothing is not None or need_outliers:
         sample_feeds = calibration_feeds(tasks, FALLBACK_NOISE_EXAMPLES, pad_id)
-        outliers = outlier_channels(input_channel_max(source, weight_matmuls(source, gemm=False), sample_feeds),
-                                    spec.int8_outlier_channels)
+        channel_max = input_channel_max(source, weight_matmuls(source, gemm=False), sample_feeds)
+        if spec.int8_smoothing is not None:
+            scales = smoothing_scales(source, {n: v for n, v in channel_max.items() if n not in fp32_anyway},
+                                      spec.int8_smoothing)
+        if need_outliers:  # the channels that stay largest once smoothing divided them by s
+            outliers = outlier_channels({n: v / scales[n] if n in scales else v for n, v in channel_max.items()},
+                                        spec.int8_outlier_channels)
 
     def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None) -> list[str]:
         return quantize_int8(source, path, mode, spec.per_channel, preset["reduce_range"], feeds, spec.keep_fp32,
-                             spec.int8_embeddings, fallback_nodes, spec.int8_fallback, only, outliers, spec.int8_heads)
+                             spec.int8_embeddings, fallback_nodes, spec.int8_fallback, only, outliers, spec.int8_heads,
+                             scales)
 
     if spec.int8_min_agreement is None or found is not None:
         return quantize(target, found), None
     level = spec.optimization_level
     reference = OnnxForward(source, optimization_level=level)
-    dev_fp32 = _predictions(reference, tasks, "dev", pad_id)
+    batch = spec.check_batch_size
+    dev_fp32 = _predictions(reference, tasks, "dev", pad_id, batch)
     sample = [_dev_sample(t, FALLBACK_NOISE_EXAMPLES) for t in tasks]
-    sample_fp32 = _predictions(reference, sample, "dev", pad_id)
-    kept = fp32_node_names(source, spec.keep_fp32)
-    fp32_anyway = set(kept) | set([] if spec.int8_heads else head_nodes(source))
+    sample_fp32 = _predictions(reference, sample, "dev", pad_id, batch)
     # MatMulNBits and the outlier split replace MatMuls only; a Gemm (a classifier head) can only fall back to fp32
     candidates = [n for n in weight_matmuls(source, gemm=spec.int8_fallback == "fp32") if n not in fp32_anyway]
     probe = target.with_name(f"{target.stem}.probe.onnx")
@@ -221,13 +234,13 @@ def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pre
     def noise_of(node: str) -> float:
         quantize(probe, only=[node])
         return logit_noise(sample_fp32, _predictions(OnnxForward(probe, optimization_level=level), sample, "dev",
-                                                     pad_id))
+                                                     pad_id, batch))
 
     counted: dict[str, float] = {}
 
     def agreement_with(fallback_nodes: list[str]) -> dict[str, float]:
         quantize(target, fallback_nodes)
-        dev_int8 = _predictions(OnnxForward(target, optimization_level=level), tasks, "dev", pad_id)
+        dev_int8 = _predictions(OnnxForward(target, optimization_level=level), tasks, "dev", pad_id, batch)
         counted.update(label_agreement(tasks, "dev", dev_int8, dev_fp32))  # the last call quantizes the chosen graph
         return dict(counted) if spec.int8_agreement == "labels" else expected_agreement(tasks, "dev", dev_fp32,
                                                                                          dev_int8)
@@ -310,8 +323,9 @@ def library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{n: version(n) for n in names}}
 
 
-def _predictions(forward: ForwardFn, tasks: list[TaskData], split: str, pad_id: int) -> dict[str, list[np.ndarray]]:
-    return {t.info.name: predict(forward, t.info.name, t.encoded[split], pad_id) for t in tasks}
+def _predictions(forward: ForwardFn, tasks: list[TaskData], split: str, pad_id: int,
+                 batch_size: int = 64) -> dict[str, list[np.ndarray]]:
+    return {t.info.name: predict(forward, t.info.name, t.encoded[split], pad_id, batch_size) for t in tasks}
 
 
 def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec: ExportSpec, max_length: int,
@@ -365,9 +379,10 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 elif task in fallbacks:
                     searches[task or "model"] = {"nodes": fallbacks[task], "searched_in": first_mode}
             int8 = OnnxForward(int8_path, optimization_level=level)
-            int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev"))
+            int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev",
+                                                      batch_size=spec.check_batch_size))
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
-            int8_test = _predictions(int8, tasks, "test", pad_id)
+            int8_test = _predictions(int8, tasks, "test", pad_id, spec.check_batch_size)
             checks["int8"][mode] = {
                 "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel,
                 "fp32_nodes": len(excluded), "embeddings": spec.int8_embeddings,
@@ -375,7 +390,8 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 **({"fallback": spec.int8_fallback, "fallback_search": searches} if searches else {}),
                 **({"outlier_channels": spec.int8_outlier_channels}
                    if searches and spec.int8_fallback == "outliers" else {}),
-                "reduce_range": preset["reduce_range"],
+                "reduce_range": preset["reduce_range"], "smoothing": spec.int8_smoothing,
+                "batch_size": spec.check_batch_size,
                 "dev": int8_dev, "metric_delta": delta,
                 "test_label_agreement_vs_fp32": label_agreement(tasks, "test", int8_test, fp32_test),
                 "test_expected_agreement_vs_fp32": expected_agreement(tasks, "test", fp32_test, int8_test),

@@ -420,6 +420,16 @@ class ExportSpec(Strict):
         default=8, ge=1, description="input channels per MatMul, the largest on a dev sample, that int8_fallback: "
                                      "outliers computes in fp32")
     int8_max_fallback_nodes: int = Field(default=8, ge=0, description="most MatMuls int8_min_agreement may take out")
+    int8_smoothing: float | None = Field(
+        default=0.7, ge=0, le=1, description="SmoothQuant migration strength alpha: before int8, each MatMul input is "
+                                             "divided per channel by s = max|x|^alpha / max|w|^(1-alpha) and the "
+                                             "weight rows multiplied by it (same fp32 function, flatter activations "
+                                             "for the one int8 scale per tensor); null turns it off")
+    check_batch_size: int = Field(
+        default=1, gt=0, description="examples per forward pass in the int8 checks and the fallback search: 1 runs "
+                                     "each example alone, as an edge device does; dynamic int8 scales its "
+                                     "activations over the whole batch (padding included), so a larger batch "
+                                     "changes some int8 labels with the company an example keeps")
     calibration_examples: int = Field(default=256, gt=0, description="dev examples per task for static int8")
     isa: Literal["auto", "avx2", "avx512", "vnni", "generic"] = "auto"
     positions: Literal["max_length", "all"] = Field(

@@ -236,3 +236,32 @@ def test_outlier_channels_run_in_fp32_and_shrink_the_int8_error(tmp_path):
         return max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(run(path), reference, strict=True))
 
     assert error(decomposed) < error(plain) / 4
+
+
+def test_int8_checks_and_search_run_at_the_check_batch_size(trained_run, tiny_base, tmp_path, monkeypatch):
+    import distill.evaluation as evaluation
+    import distill.exporter as exporter
+
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(tiny_base)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    batches: dict[str, set[int]] = {}
+    real_predict = evaluation.predict
+
+    def spy(forward, task, split, pad_id, batch_size=64):
+        session = getattr(forward, "session", None)
+        model = "torch" if session is None else str(session._model_path).rsplit("/", 1)[-1]
+        batches.setdefault(model, set()).add(batch_size)
+        return real_predict(forward, task, split, pad_id, batch_size)
+
+    monkeypatch.setattr(evaluation, "predict", spy)
+    monkeypatch.setattr(exporter, "predict", spy)
+    spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=1.0, int8_max_fallback_nodes=1,
+                      calibration_examples=8, check_batch_size=3)
+    manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
+                               recipe.max_length, tokenizer.pad_token_id)
+    int8_models = {m for m in batches if "int8" in m or "probe" in m}
+    assert {"model.int8.onnx", "model.int8-static.onnx"} <= int8_models
+    assert all(batches[m] == {3} for m in int8_models), batches
+    assert all(manifest["checks"]["int8"][mode]["batch_size"] == 3 for mode in ("dynamic", "static"))

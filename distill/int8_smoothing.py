@@ -1,0 +1,70 @@
+"""Activation smoothing before int8 (SmoothQuant, Xiao et al. 2023), as a rewrite of the fp32 ONNX graph.
+
+Dynamic int8 gives a MatMul's input one scale for the whole tensor, and in BERT-style encoders a few channels
+are far larger than the rest, so every other channel is rounded coarsely. X·W equals (X / s)·(diag(s) W) for any
+per-channel s > 0: with s_j = max|X_j|^α / max|W_j|^(1-α) the activation's channels come closer together and
+the weight rows (quantized per output channel, so a row's scale costs little) take the difference. One Mul per
+distinct input (Q, K and V share theirs) applies 1 / s; the weights are rescaled in place, so the graph computes
+the same function in fp32. On the demo's students (α = 0.7, every MatMul int8, batch 1) the counted sentiment test
+agreement with fp32 rose from 98.5 to 99.6 % (l3) and 99.4 to 99.6 % (l2-f768-e4)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+SMOOTH_SUFFIX = "_smoothed"
+
+
+def smoothing_scales(model_path: Path, channel_max: dict[str, np.ndarray], alpha: float) -> dict[str, np.ndarray]:
+    """Per named MatMul (weight an initializer), the per-input-channel s of its input; MatMuls that read the same
+    input get the same s (its activation max over their weights' largest rows), normalised to geometric mean 1."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_path)).graph
+    weights = {i.name: i for i in graph.initializer}
+    uses = Counter(name for node in graph.node for name in node.input)
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        if node.name in channel_max and node.op_type == "MatMul" and node.input[1] in weights \
+                and uses[node.input[1]] == 1:
+            groups.setdefault(node.input[0], []).append(node)
+    scales: dict[str, np.ndarray] = {}
+    for nodes in groups.values():
+        activation = np.maximum(channel_max[nodes[0].name].astype(np.float64), 1e-5)
+        weight = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(axis=1) for n in nodes], axis=0)
+        s = activation**alpha / np.maximum(weight.astype(np.float64), 1e-5) ** (1 - alpha)
+        s = (s / np.exp(np.mean(np.log(s)))).astype(np.float32)
+        scales.update({n.name: s for n in nodes})
+    return scales
+
+
+def smooth_inputs(model_path: Path, scales: dict[str, np.ndarray]) -> None:
+    """Rewrite `model_path` in place: each named MatMul(X, W) becomes MatMul(X · (1/s), diag(s) W), one Mul per
+    distinct X (placed before its first reader, so the graph stays in topological order)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    smoothed: dict[str, str] = {}
+    nodes = []
+    for node in graph.node:
+        if node.name in scales:
+            x, s = node.input[0], scales[node.name]
+            if x not in smoothed:
+                smoothed[x] = f"{x}{SMOOTH_SUFFIX}"
+                graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), f"{x}_smooth_inverse"))
+                nodes.append(helper.make_node("Mul", [x, f"{x}_smooth_inverse"], [smoothed[x]], name=f"{x}_smooth"))
+            weight = weights[node.input[1]]
+            weight.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(weight) * s[:, None]).astype(np.float32),
+                                                    weight.name))
+            node.input[0] = smoothed[x]
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(model_path))
