@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="+", help="texts to label")
     predict.add_argument("--precision", default="int8", choices=["fp32", "int8", "int8-static"])
     predict.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    predict.add_argument("--batch-size", type=int, help="texts per forward pass (default: the batch size the "
+                         "export checked an int8 model at, 1 unless export.check_batch_size; 16 for fp32)")
     predict.add_argument("--task", action="append", dest="tasks", metavar="NAME",
                          help="only this task (repeatable; default: every task of the artifact)")
 
@@ -89,7 +91,8 @@ def _main(args: argparse.Namespace) -> int:
         if not (args.artifact / "manifest.json").is_file():
             raise DistillInputError(f"{args.artifact}: not an artifact directory (no manifest.json)")
         try:
-            predictor = Predictor(args.artifact, precision=args.precision, threads=args.threads, tasks=args.tasks)
+            predictor = Predictor(args.artifact, precision=args.precision, threads=args.threads,
+                                  batch_size=args.batch_size, tasks=args.tasks)
         except ValueError as exc:
             raise DistillInputError(str(exc)) from exc
         print(json.dumps(predictor.predict(args.texts), indent=2, ensure_ascii=False))

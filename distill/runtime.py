@@ -12,6 +12,7 @@ import numpy as np
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int8-static": "model.int8-static.onnx"}
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 MULTI_LABEL_THRESHOLD = 0.5
+DEFAULT_BATCH_SIZE = 16
 
 
 def output_name(task: str) -> str:
@@ -77,11 +78,22 @@ class OnnxForward:
         return [session.run(None, feeds)[0] for session in self.sessions.values()]
 
 
+def checked_batch_size(manifest: dict[str, Any], precision: str) -> int:
+    """The batch size the exporter checked this precision at: an int8 model's labels depend on the batch (its
+    activation scales span it), so by default it runs as it was checked; fp32 ones in batches of 16."""
+    mode = {"int8": "dynamic", "int8-static": "static"}.get(precision)
+    checks = manifest.get("checks", {}).get("int8", {}).get(mode or "", {})
+    return int(checks.get("batch_size", DEFAULT_BATCH_SIZE))
+
+
 class Predictor:
-    """Per-task predictions for raw texts from an artifact directory (label + score, or entity spans)."""
+    """Per-task predictions for raw texts from an artifact directory (label + score, or entity spans).
+
+    `batch_size` defaults to the one the export checked an int8 model at (`checks.int8.<mode>.batch_size`,
+    1 unless `export.check_batch_size` says otherwise; see `checked_batch_size`), and to 16 for fp32."""
 
     def __init__(self, artifact_dir: str | Path, precision: str = "int8", threads: int | None = None,
-                 batch_size: int = 16, tasks: list[str] | None = None):
+                 batch_size: int | None = None, tasks: list[str] | None = None):
         from tokenizers import Tokenizer
 
         directory = Path(artifact_dir)
@@ -104,28 +116,30 @@ class Predictor:
             files = {t["name"]: files[t["name"]] for t in self.tasks}
         level = manifest.get("optimization_level", "all")
         self.forward = OnnxForward(files, threads, level)
-        self.batch_size = batch_size
+        self.batch_size = batch_size or checked_batch_size(manifest, precision)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """For each text, per task: {"label", "score"} (classification), [{"label", "start", "end", "text",
         "score"}] (token tagging), [{"label", "score"}] with every label scored above 0.5 (multi-label), or
         {"value"} (regression)."""
-        results: list[dict[str, Any]] = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start : start + self.batch_size]
-            encodings = self.tokenizer.encode_batch(chunk)
-            width = max(len(e.ids) for e in encodings)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        # batches of similar lengths: less padding, which is time, and which dynamic int8 would fold into the
+        # activation scale of every text in the batch
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        results: list[dict[str, Any]] = [{} for _ in texts]
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            width = max(len(encodings[i].ids) for i in chunk)
             ids = np.zeros((len(chunk), width), dtype=np.int64)
             mask = np.zeros_like(ids)
-            for row, enc in enumerate(encodings):
-                ids[row, : len(enc.ids)] = enc.ids
-                mask[row, : len(enc.ids)] = 1
+            for row, i in enumerate(chunk):
+                ids[row, : len(encodings[i].ids)] = encodings[i].ids
+                mask[row, : len(encodings[i].ids)] = 1
             outputs = dict(zip(self.forward.output_tasks, self.forward.run_all(ids, mask), strict=True))
-            for row, (text, enc) in enumerate(zip(chunk, encodings, strict=True)):
-                item: dict[str, Any] = {}
+            for row, i in enumerate(chunk):
                 for task in self.tasks:
-                    item[task["name"]] = _task_prediction(task, outputs[task["name"]][row], text, enc)
-                results.append(item)
+                    results[i][task["name"]] = _task_prediction(task, outputs[task["name"]][row], texts[i],
+                                                                encodings[i])
         return results
 
 

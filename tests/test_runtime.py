@@ -140,3 +140,24 @@ def test_keep_fp32_rejects_a_bad_pattern():
 
     with pytest.raises(ValueError, match="not a regular expression"):
         ExportSpec(keep_fp32=["layer.(("])
+
+
+def test_int8_runs_by_default_at_the_batch_size_it_was_checked_at(trained_run):
+    artifact = trained_run / "out" / "artifacts" / "s2"
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    checked = manifest["checks"]["int8"]["dynamic"]["batch_size"]
+    assert Predictor(artifact, precision="int8").batch_size == checked == 1
+    assert Predictor(artifact, precision="fp32").batch_size == 16
+    assert Predictor(artifact, precision="int8", batch_size=8).batch_size == 8
+
+
+def test_length_sorted_batches_keep_the_input_order(trained_run):
+    artifact = trained_run / "out" / "artifacts" / "s2"
+    texts = ["a long review of a film that went on and on for ever", "fine", "bob went to rome with carol", "ok then"]
+    alone = Predictor(artifact, precision="fp32", batch_size=1).predict(texts)
+    batched = Predictor(artifact, precision="fp32", batch_size=3).predict(texts)
+    for one, many in zip(alone, batched, strict=True):
+        assert one["sentiment"]["label"] == many["sentiment"]["label"]
+        assert abs(one["sentiment"]["score"] - many["sentiment"]["score"]) < 1e-5
+        assert [(e["start"], e["end"], e["label"]) for e in one["ner"]] == \
+               [(e["start"], e["end"], e["label"]) for e in many["ner"]]
