@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--precision", default="int8", choices=["fp32", "int8", "int8-static"])
     predict.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     predict.add_argument("--batch-size", type=int, help="texts per forward pass (default: the batch size the "
-                         "export checked an int8 model at, 1 unless export.check_batch_size; 16 for fp32)")
+                         "export checked a dynamic int8 model at, 1 unless export.check_batch_size; 16 for "
+                         "fp32 and static int8)")
     predict.add_argument("--task", action="append", dest="tasks", metavar="NAME",
                          help="only this task (repeatable; default: every task of the artifact)")
 

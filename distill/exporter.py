@@ -121,10 +121,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
 
     prepared = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    if smoothing:
-        smooth_inputs(prepared, smoothing)
     kept = fp32_node_names(prepared, keep_fp32 or [])
     heads = [] if int8_heads else head_nodes(prepared)
+    if smoothing:  # after the names are matched: the smoothing Muls are not the user's nodes
+        smooth_inputs(prepared, smoothing)
     if fallback == "outliers":
         assert outliers is not None or not fallback_nodes, "fallback outliers needs the channels of each node"
         small = split_outlier_channels(prepared, {n: outliers[n] for n in fallback_nodes or []}) if outliers else []

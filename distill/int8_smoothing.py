@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 SMOOTH_SUFFIX = "_smoothed"
+DEAD_CHANNEL_FLOOR = 0.01  # of the median channel max (the demo's smallest channel max is 6-14 % of it)
 
 
 def smoothing_scales(model_path: Path, channel_max: dict[str, np.ndarray], alpha: float) -> dict[str, np.ndarray]:
@@ -34,7 +35,9 @@ def smoothing_scales(model_path: Path, channel_max: dict[str, np.ndarray], alpha
             groups.setdefault(node.input[0], []).append(node)
     scales: dict[str, np.ndarray] = {}
     for nodes in groups.values():
-        activation = np.maximum(channel_max[nodes[0].name].astype(np.float64), 1e-5)
+        activation = channel_max[nodes[0].name].astype(np.float64)
+        # a channel (nearly) silent on the sample must not get a huge 1/s that inflates it on other inputs
+        activation = np.maximum(activation, max(DEAD_CHANNEL_FLOOR * float(np.median(activation)), 1e-5))
         weight = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(axis=1) for n in nodes], axis=0)
         s = activation**alpha / np.maximum(weight.astype(np.float64), 1e-5) ** (1 - alpha)
         s = (s / np.exp(np.mean(np.log(s)))).astype(np.float32)
@@ -44,7 +47,8 @@ def smoothing_scales(model_path: Path, channel_max: dict[str, np.ndarray], alpha
 
 def smooth_inputs(model_path: Path, scales: dict[str, np.ndarray]) -> None:
     """Rewrite `model_path` in place: each named MatMul(X, W) becomes MatMul(X · (1/s), diag(s) W), one Mul per
-    distinct X (placed before its first reader, so the graph stays in topological order)."""
+    distinct X (placed before its first reader, so the graph stays in topological order). A named node that is
+    no longer a MatMul over a stored weight of len(s) rows is left as it is."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -54,13 +58,13 @@ def smooth_inputs(model_path: Path, scales: dict[str, np.ndarray]) -> None:
     smoothed: dict[str, str] = {}
     nodes = []
     for node in graph.node:
-        if node.name in scales:
+        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        if node.name in scales and weight is not None and list(weight.dims[:1]) == [len(scales[node.name])]:
             x, s = node.input[0], scales[node.name]
             if x not in smoothed:
                 smoothed[x] = f"{x}{SMOOTH_SUFFIX}"
                 graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), f"{x}_smooth_inverse"))
                 nodes.append(helper.make_node("Mul", [x, f"{x}_smooth_inverse"], [smoothed[x]], name=f"{x}_smooth"))
-            weight = weights[node.input[1]]
             weight.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(weight) * s[:, None]).astype(np.float32),
                                                     weight.name))
             node.input[0] = smoothed[x]

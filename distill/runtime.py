@@ -79,23 +79,27 @@ class OnnxForward:
 
 
 def checked_batch_size(manifest: dict[str, Any], precision: str) -> int:
-    """The batch size the exporter checked this precision at: an int8 model's labels depend on the batch (its
-    activation scales span it), so by default it runs as it was checked; fp32 ones in batches of 16."""
-    mode = {"int8": "dynamic", "int8-static": "static"}.get(precision)
-    checks = manifest.get("checks", {}).get("int8", {}).get(mode or "", {})
+    """The default batch size: for dynamic int8, the one the exporter checked it at (its activation scales span
+    the batch, so its labels depend on it); 16 for fp32 and static int8 (fixed scales), and for manifests
+    written before the exporter recorded it."""
+    if precision != "int8":
+        return DEFAULT_BATCH_SIZE
+    checks = manifest.get("checks", {}).get("int8", {}).get("dynamic", {})
     return int(checks.get("batch_size", DEFAULT_BATCH_SIZE))
 
 
 class Predictor:
     """Per-task predictions for raw texts from an artifact directory (label + score, or entity spans).
 
-    `batch_size` defaults to the one the export checked an int8 model at (`checks.int8.<mode>.batch_size`,
-    1 unless `export.check_batch_size` says otherwise; see `checked_batch_size`), and to 16 for fp32."""
+    `batch_size` defaults to the one the export checked a dynamic int8 model at (`checks.int8.dynamic.batch_size`,
+    1 unless `export.check_batch_size` says otherwise; see `checked_batch_size`), and to 16 otherwise."""
 
     def __init__(self, artifact_dir: str | Path, precision: str = "int8", threads: int | None = None,
                  batch_size: int | None = None, tasks: list[str] | None = None):
         from tokenizers import Tokenizer
 
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         directory = Path(artifact_dir)
         self.tasks = json.loads((directory / "tasks.json").read_text(encoding="utf-8"))["tasks"]
         if tasks is not None:
@@ -116,7 +120,7 @@ class Predictor:
             files = {t["name"]: files[t["name"]] for t in self.tasks}
         level = manifest.get("optimization_level", "all")
         self.forward = OnnxForward(files, threads, level)
-        self.batch_size = batch_size or checked_batch_size(manifest, precision)
+        self.batch_size = batch_size if batch_size is not None else checked_batch_size(manifest, precision)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """For each text, per task: {"label", "score"} (classification), [{"label", "start", "end", "text",

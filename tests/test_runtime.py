@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from distill.batching import pad_batch
@@ -148,15 +149,21 @@ def test_int8_runs_by_default_at_the_batch_size_it_was_checked_at(trained_run):
     checked = manifest["checks"]["int8"]["dynamic"]["batch_size"]
     assert Predictor(artifact, precision="int8").batch_size == checked == 1
     assert Predictor(artifact, precision="fp32").batch_size == 16
+    assert Predictor(artifact, precision="int8-static").batch_size == 16, "fixed scales: the batch does not matter"
     assert Predictor(artifact, precision="int8", batch_size=8).batch_size == 8
+    with pytest.raises(ValueError, match="at least 1"):
+        Predictor(artifact, precision="int8", batch_size=0)
 
 
 def test_length_sorted_batches_keep_the_input_order(trained_run):
     artifact = trained_run / "out" / "artifacts" / "s2"
     texts = ["a long review of a film that went on and on for ever", "fine", "bob went to rome with carol", "ok then"]
-    alone = Predictor(artifact, precision="fp32", batch_size=1).predict(texts)
-    batched = Predictor(artifact, precision="fp32", batch_size=3).predict(texts)
-    for one, many in zip(alone, batched, strict=True):
+    predictor = Predictor(artifact, precision="fp32", batch_size=3)
+    alone = [predictor.predict([text])[0] for text in texts]
+    batched = predictor.predict(texts)
+    assert len({round(p["sentiment"]["score"], 6) for p in alone}) == len(texts), "scores tell the texts apart"
+    for text, one, many in zip(texts, alone, batched, strict=True):
+        assert all(e["text"] == text[e["start"] : e["end"]] for e in many["ner"])
         assert one["sentiment"]["label"] == many["sentiment"]["label"]
         assert abs(one["sentiment"]["score"] - many["sentiment"]["score"]) < 1e-5
         assert [(e["start"], e["end"], e["label"]) for e in one["ner"]] == \
