@@ -33,7 +33,7 @@ from distill.int8_fallback import (
     weight_matmuls,
 )
 from distill.int8_outliers import input_channel_max, outlier_channels, split_outlier_channels
-from distill.int8_smoothing import smooth_inputs, smoothing_scales
+from distill.int8_smoothing import smooth_inputs, smoothed_channel_max, smoothing_scales
 from distill.progress import progress
 from distill.recipe import ExportSpec
 from distill.runtime import MODEL_FILES, OnnxForward, output_name, task_file
@@ -211,8 +211,7 @@ def _quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pre
             scales = smoothing_scales(source, {n: v for n, v in channel_max.items() if n not in fp32_anyway},
                                       spec.int8_smoothing)
         if need_outliers:  # the channels that stay largest once smoothing divided them by s
-            outliers = outlier_channels({n: v / scales[n] if n in scales else v for n, v in channel_max.items()},
-                                        spec.int8_outlier_channels)
+            outliers = outlier_channels(smoothed_channel_max(channel_max, scales), spec.int8_outlier_channels)
 
     def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None) -> list[str]:
         return quantize_int8(source, path, mode, spec.per_channel, preset["reduce_range"], feeds, spec.keep_fp32,

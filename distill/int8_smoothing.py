@@ -72,3 +72,9 @@ def smooth_inputs(model_path: Path, scales: dict[str, np.ndarray]) -> None:
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.save(model, str(model_path))
+
+
+def smoothed_channel_max(channel_max: dict[str, np.ndarray], scales: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each node's input channel max once smoothing divided its input by s (unchanged where it has no s): what
+    the int8 MatMul sees, so where the outlier split must look for its largest channels."""
+    return {node: values / scales[node] if node in scales else values for node, values in channel_max.items()}

@@ -6,8 +6,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from distill.data import encode_tasks, load_tasks
 from distill.exporter import export_artifact, quantize_int8
-from distill.int8_outliers import input_channel_max
-from distill.int8_smoothing import SMOOTH_SUFFIX, smooth_inputs, smoothing_scales
+from distill.int8_outliers import input_channel_max, outlier_channels
+from distill.int8_smoothing import SMOOTH_SUFFIX, smooth_inputs, smoothed_channel_max, smoothing_scales
 from distill.recipe import ExportSpec, load_recipe
 from distill.tokenizer import load_tokenizer
 
@@ -77,3 +77,12 @@ def test_export_smooths_the_int8_graphs_only_and_records_alpha(trained_run, tiny
         assert manifest["checks"]["int8"]["dynamic"]["smoothing"] == alpha
         assert not smoothing_muls(out / "model.onnx")
         assert bool(smoothing_muls(out / "model.int8.onnx")) == (alpha is not None)
+
+
+def test_the_outlier_split_looks_for_the_largest_channels_after_smoothing():
+    channel_max = {"a": np.array([10.0, 1.0, 4.0, 1.0]), "b": np.array([1.0, 2.0, 3.0, 4.0])}
+    scales = {"a": np.array([20.0, 1.0, 1.0, 1.0], dtype=np.float32)}  # smoothing shrank channel 0 to 0.5
+    seen = smoothed_channel_max(channel_max, scales)
+    assert outlier_channels(channel_max, 1)["a"].tolist() == [0]
+    assert outlier_channels(seen, 1)["a"].tolist() == [2], "channel 0 is no longer the largest the int8 MatMul sees"
+    assert np.array_equal(seen["b"], channel_max["b"]), "a node without s is unchanged"
