@@ -20,11 +20,11 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from distill.api import demo_recipe
-from distill.data import TaskData, encode_tasks, load_tasks
-from distill.fileio import atomic_write_json
+from distill.core.fileio import atomic_write_json
+from distill.core.tokenizer import load_tokenizer
+from distill.data.tasks import TaskData, encode_tasks, load_tasks
 from distill.recipe import Recipe, load_recipe
-from distill.tokenizer import load_tokenizer
-from teachers.runner import build_cache
+from teachers.cache.build import build_cache
 
 
 def variants(num_layers: int, qkv: bool) -> dict[str, tuple[list[int], list[int]]]:

@@ -23,8 +23,7 @@ from typing import Any
 
 from benchmarks.loss_recipes import scores
 from benchmarks.run_args import add_run_args, run_recipe_of, run_teacher_dir
-from distill.demo_assets import cache_dir
-from distill.fileio import atomic_write_json, atomic_write_text, read_json
+from distill.core.fileio import atomic_write_json, atomic_write_text, cache_dir, read_json
 from distill.pipeline import prepare, run_recipe
 from distill.recipe import Recipe, parse_recipe
 

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.run_args import add_run_args, run_recipe_of, run_teacher_dir
-from distill.data import TaskData
-from distill.evaluation import evaluate, primary_scores, torch_forward
-from distill.fileio import atomic_write_json, atomic_write_text, read_json
-from distill.metrics import mean_score
+from distill.core.fileio import atomic_write_json, atomic_write_text, read_json
+from distill.data.evaluation import evaluate, primary_scores, torch_forward
+from distill.data.metrics import mean_score
+from distill.data.tasks import TaskData
+from distill.model.multitask import MultiTaskModel
 from distill.pipeline import prepare, run_recipe
 from distill.recipe import Recipe, parse_recipe
-from teachers.multitask import MultiTaskModel
 
 RECIPES = ("logits", "hidden", "relations", "two_stage")
 
@@ -60,7 +60,7 @@ def variant_recipe(recipe: Recipe, name: str, distillation: dict[str, Any], teac
 
 def scores(model_dir: Path, tasks: list[TaskData], pad_id: int) -> dict[str, float]:
     """Mean primary score on dev and test (a vocabulary-pruned student reads its own token ids)."""
-    from students.vocab import student_inputs
+    from students.vocab_map import student_inputs
 
     tasks, pad_id = student_inputs(model_dir, tasks, pad_id)
     forward = torch_forward(MultiTaskModel.load(model_dir))

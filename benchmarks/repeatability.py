@@ -12,10 +12,10 @@ import argparse
 import json
 import logging
 
-from benchmarks.report import model_key
 from benchmarks.run_args import add_run_args, run_recipe_of
-from benchmarks.suite import model_entries, run_benchmarks
-from distill.fileio import atomic_write_json
+from distill.bench.report import model_key
+from distill.bench.suite import model_entries, run_benchmarks
+from distill.core.fileio import atomic_write_json
 from distill.pipeline import prepare
 
 

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import benchmarks
+from distill.demo.recipes import demo_recipe
 from distill.pipeline import run_recipe
-from distill.recipe import Recipe, load_recipe
-
-RECIPES_DIR = Path(benchmarks.__file__).parent / "recipes"
-
-
-def demo_recipe(quick: bool = False) -> Recipe:
-    """The built-in demo recipe (with the quick overrides when `quick`)."""
-    overrides = [RECIPES_DIR / "demo.quick.yaml"] if quick else []
-    return load_recipe(RECIPES_DIR / "demo.yaml", overrides)
+from distill.recipe import load_recipe
 
 
 def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, resume: bool = False) -> dict:

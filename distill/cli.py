@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from distill.errors import DistillError, DistillInputError
+from distill.core.errors import DistillError, DistillInputError
 
 STAGE_HELP = {
     "teacher": "fine-tune the multi-task teacher (or check a given one)",
@@ -18,6 +18,9 @@ STAGE_HELP = {
     "export": "export teacher and students to ONNX fp32 and int8, with checks",
     "bench": "measure every artifact and write report.json, report.md and the plot",
 }
+
+BEST_RULE = ("(the best student: the smallest student on the Pareto front whose retention meets --min-retention, "
+             "or the smallest on the front without it; when none meets it, the student with the highest score)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,8 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     _recipe_args(run)
 
     sweep = sub.add_parser("sweep", help="train, export and benchmark every student of a recipe; print the "
-                           "students sorted by size with the Pareto front")
+                           "students sorted by size with the Pareto front, and the best student")
     _recipe_args(sweep)
+    sweep.add_argument("--min-retention", type=float, help=f"the retention the best student must keep {BEST_RULE}")
 
     demo = sub.add_parser("demo", help="run the built-in offline demo recipe")
     demo.add_argument("--quick", action="store_true", help="subsampled data and fewer epochs (minutes, not an hour)")
@@ -64,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
     gate = sub.add_parser("gate", help="exit 1 when the chosen model misses a bound")
     gate.add_argument("report", type=Path, help="a report.json")
-    gate.add_argument("--model", help="NAME or NAME/FORMAT (default: the best student)")
+    gate.add_argument("--model", help=f"NAME or NAME/FORMAT (default: the best student {BEST_RULE})")
     gate.add_argument("--min-retention", type=float, help="lowest acceptable retention (0..1)")
     gate.add_argument("--max-latency-ms", type=float, help="highest acceptable p50 latency in ms")
     gate.add_argument("--max-size-mb", type=float, help="highest acceptable size on disk in MB")
@@ -99,15 +103,15 @@ def _main(args: argparse.Namespace) -> int:
         print(json.dumps(predictor.predict(args.texts), indent=2, ensure_ascii=False))
         return 0
     if args.command == "compare":
-        from benchmarks.compare import compare_reports
+        from distill.bench.compare import compare_reports
 
         print("\n".join(compare_reports(args.a, args.b)))
         return 0
     from distill import api
-    from distill.processes import is_main_process
+    from distill.core.processes import is_main_process
 
     if args.command == "gate":
-        from distill.gate import check_gate
+        from distill.bench.gate import check_gate
 
         passed, lines = check_gate(args.report, args.model, args.min_retention, args.max_latency_ms, args.max_size_mb)
         print("\n".join(lines) or "no bound given")
@@ -118,7 +122,11 @@ def _main(args: argparse.Namespace) -> int:
         run = api.run_recipe(api.load_recipe(args.recipe), args.out, force=args.force, resume=args.resume)
         if is_main_process():
             print(json.dumps(run, indent=2))
-            print("\n".join(_sweep_summary(Path(args.out) / "report.json")))
+            from distill.bench.report import render_sweep_summary
+            from distill.core.fileio import read_json
+
+            report = read_json(Path(args.out) / "report.json")
+            print("\n".join(render_sweep_summary(report, args.min_retention)))
         return 0
     else:
         until = "bench" if args.command == "run" else args.command
@@ -149,26 +157,6 @@ def _cache_summary(entry: dict) -> list[str]:
         f"  shards   {entry['shards']} for {entry['examples']:,} examples",
         f"  on disk  {entry['bytes']:,} bytes ({entry['bytes_per_1000_examples']:,} per 1,000 examples)",
     ]
-
-
-def _sweep_summary(report_path: Path) -> list[str]:
-    """The students table and QAT comparisons of a report, and the best student on the Pareto front."""
-    from benchmarks.report import model_key, render_students
-    from distill.fileio import read_json
-
-    report = read_json(report_path)
-    front = set(report.get("pareto_front", []))
-    on_front = [m for m in report["models"] if m["role"] == "student" and model_key(m) in front]
-    lines = render_students(report)
-    if not on_front:
-        lines.append("Best student on the Pareto front: none (no student is both better and faster than the rest)")
-    else:
-        best = max(on_front, key=lambda m: (m["mean_score"], -m["latency_ms"]["p50"]))
-        retention = best.get("retention")
-        lines.append(f"Best student on the Pareto front: {model_key(best)}: retention "
-                     f"{'-' if retention is None else f'{retention:.3f}'}, p50 {best['latency_ms']['p50']:.2f} ms, "
-                     f"{best['size_bytes'] / 1e6:.1f} MB")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

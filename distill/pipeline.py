@@ -9,16 +9,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distill.data import TaskData, encode_tasks, fingerprint, load_tasks
-from distill.demo_assets import demo_model_path
-from distill.errors import DistillInputError
-from distill.fileio import atomic_write_json, read_json, sha256_dir, sha256_json
-from distill.processes import is_main_process, wait_for_everyone
-from distill.recipe import Recipe, StudentSpec
-from distill.tokenizer import load_tokenizer
+from distill.core.errors import DistillInputError
+from distill.core.fileio import atomic_write_json, read_json, sha256_json
+from distill.core.processes import is_main_process, process_device, wait_for_everyone
+from distill.core.tokenizer import load_tokenizer
+from distill.data.tasks import TaskData, encode_tasks, load_tasks
+from distill.demo.assets import demo_model_path
+from distill.recipe import Recipe
+from distill.stage_inputs import (
+    bench_hash_inputs,
+    export_hash_inputs,
+    online_source_key,
+    per_task_hash_inputs,
+    student_hash_inputs,
+    teacher_hash_inputs,
+)
 
 if TYPE_CHECKING:
-    from distill.cache import TeacherSource
+    from teachers.cache.store import TeacherSource
 
 log = logging.getLogger(__name__)
 STAGES = ("teacher", "cache", "train", "export", "bench")
@@ -134,37 +142,12 @@ def stage_teacher(state: RunState) -> None:
         state.run_stage("teacher", None, [], lambda: True, every_process=True)
         return
     state.teacher_dir = state.out_dir / "teacher"
-    # per_task is left out: a base_model teacher's input hash stays what it was before per_task existed
-    inputs = {"teacher": recipe.teacher.model_dump(exclude={"per_task"}), "base": str(source),
-              "data": fingerprint(state.tasks), "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks],
-              **_training_inputs(recipe)}
+    inputs = teacher_hash_inputs(recipe, source, state.tasks)
     state.run_stage("teacher", sha256_json(inputs), [state.teacher_dir / "heads.safetensors"],
                     lambda: fine_tune_teacher(recipe, state.tasks, str(source), state.tokenizer, state.teacher_dir,
                                               state.out_dir / "logs" / "teacher.jsonl",
                                               state.out_dir / CHECKPOINTS_DIR / "teacher", state.resume),
                     every_process=True)
-
-
-def _student_inputs(spec: StudentSpec) -> dict:
-    """The student's settings for its stage hash; `vocab_dropped` only counts for a vocabulary-pruned student and
-    `embedding_bits` only when set (so adding those options did not change the hash, and retrain, other students)."""
-    excluded = ({"vocab_dropped"} if spec.vocab is None else set()) | (
-        {"embedding_bits"} if spec.embedding_bits is None else set())
-    return spec.model_dump(exclude=excluded)
-
-
-def _distillation_inputs(recipe: Recipe) -> dict:
-    """The distillation settings for a student's stage hash; `sampling` only when set (the hashes of recipes
-    written before it existed stay as they were)."""
-    config = recipe.distillation
-    return config.model_dump(exclude={"sampling"} if config.sampling is None else set())
-
-
-def _training_inputs(recipe: Recipe) -> dict:
-    """The training: settings that change a trained model (nothing when all are defaults, so the stage hashes of
-    recipes without a training: section stay as they were)."""
-    changed = recipe.training.model_dump(exclude_defaults=True, exclude={"tensorboard", "checkpoint_every_steps"})
-    return {"training": changed} if changed else {}
 
 
 def _stage_per_task_teacher(state: RunState) -> None:
@@ -175,8 +158,7 @@ def _stage_per_task_teacher(state: RunState) -> None:
     checkpoints = _per_task_checkpoints(recipe)
     check_per_task(checkpoints, state.tasks, recipe.teacher.trust_remote_code)
     state.teacher_checkpoints = checkpoints
-    inputs = {"per_task": {name: sha256_dir(path) for name, path in checkpoints.items()},
-              "data": fingerprint(state.tasks), "seed": recipe.seed}
+    inputs = per_task_hash_inputs(recipe, checkpoints, state.tasks)
     state.run_stage("teacher", sha256_json(inputs), [state.teacher_dir / "heads.safetensors"],
                     lambda: assemble_init_model(checkpoints, state.tasks, state.tokenizer, state.teacher_dir,
                                                 recipe.teacher.trust_remote_code, recipe.seed))
@@ -184,7 +166,7 @@ def _stage_per_task_teacher(state: RunState) -> None:
 
 def _check_teacher_tasks(teacher_dir: Path, tasks: list[TaskData]) -> None:
     """A given teacher must have a head for every task of the recipe, with the same labels in the same order."""
-    from teachers.multitask import TASKS_FILE, load_task_infos
+    from distill.model.multitask import TASKS_FILE, load_task_infos
 
     if not (teacher_dir / TASKS_FILE).is_file():
         raise DistillInputError(f"teacher.path: {teacher_dir} is not a distill teacher (no {TASKS_FILE})")
@@ -201,9 +183,10 @@ def _check_teacher_tasks(teacher_dir: Path, tasks: list[TaskData]) -> None:
 def stage_cache(state: RunState) -> None:
     from transformers import AutoConfig
 
-    from distill.cache import TeacherCache
-    from distill.layer_map import needed_teacher_layers
-    from teachers.runner import build_cache
+    from distill.distillation.layer_map import needed_teacher_layers
+    from distill.model.layer_numbers import normalise_attention_layers
+    from teachers.cache.build import build_cache
+    from teachers.cache.store import TeacherCache
 
     recipe = state.recipe
     config, spec = recipe.distillation, recipe.cache
@@ -212,15 +195,14 @@ def stage_cache(state: RunState) -> None:
             raise DistillInputError("distillation.teacher_source: online needs one multi-task teacher; with "
                                     "teacher.per_task the students learn from the cache")
         # The teacher runs on every training batch instead; nothing to build.
-        state.source_key = sha256_json({"online": sha256_dir(state.teacher_dir), "data": fingerprint(state.tasks)})
+        state.source_key = online_source_key(state.teacher_dir, state.tasks)
         state.stages.append({"name": "cache", "status": "skipped", "seconds": 0.0})
         state.write_run_json()
         return
     teacher_layers = int(AutoConfig.from_pretrained(state.teacher_dir, trust_remote_code=recipe.teacher
                                                     .trust_remote_code).num_hidden_layers)
     hidden, qkv = needed_teacher_layers(config, recipe.students, teacher_layers)
-    qkv_layers = sorted({layer if layer > 0 else teacher_layers + 1 + layer for layer in spec.attention_layers}
-                        | set(qkv))
+    qkv_layers = sorted(set(normalise_attention_layers(spec.attention_layers, teacher_layers)) | set(qkv))
     result = {}
 
     def body() -> bool:
@@ -245,19 +227,17 @@ def stage_cache(state: RunState) -> None:
 def _training_source(state: RunState) -> TeacherSource:
     """The teacher source the students learn from: the cache, or the teacher itself (loaded once, on first use)."""
     if state.cache is None:
-        from accelerate import PartialState
+        from distill.model.multitask import MultiTaskModel
+        from teachers.cache.online import OnlineTeacher
 
-        from distill.online_teacher import OnlineTeacher
-        from teachers.multitask import MultiTaskModel
-
-        device = PartialState().device
+        device = process_device()
         teacher = MultiTaskModel.load(state.teacher_dir, state.recipe.teacher.trust_remote_code)
         state.cache = OnlineTeacher(teacher, state.tasks, state.pad_id, device)
     return state.cache
 
 
 def stage_train(state: RunState, only: list[str] | None) -> None:
-    from distill.distiller import train_student
+    from distill.distillation.distiller import train_student
 
     recipe = state.recipe
     for spec in recipe.students:
@@ -265,9 +245,7 @@ def stage_train(state: RunState, only: list[str] | None) -> None:
         state.student_dirs[spec.name] = directory
         if only and spec.name not in only:
             continue
-        inputs = {"cache": state.source_key, "student": _student_inputs(spec),
-                  "distillation": _distillation_inputs(recipe), "seed": recipe.seed,
-                  "weights": [t.weight for t in recipe.tasks], **_training_inputs(recipe)}
+        inputs = student_hash_inputs(recipe, spec, state.source_key)
         state.run_stage(f"train:{spec.name}", sha256_json(inputs), [directory / "heads.safetensors"],
                         lambda spec=spec, directory=directory: train_student(
                             recipe, state.tasks, state.teacher_dir, _training_source(state), spec, state.tokenizer,
@@ -277,8 +255,8 @@ def stage_train(state: RunState, only: list[str] | None) -> None:
 
 
 def stage_export(state: RunState) -> None:
-    from distill.exporter import export_artifact
-    from students.vocab import student_inputs
+    from distill.export.artifact import export_artifact
+    from students.vocab_map import student_inputs
 
     recipe = state.recipe
     models = {"teacher": state.teacher_dir, **state.student_dirs}
@@ -287,9 +265,7 @@ def stage_export(state: RunState) -> None:
         state.artifacts[name] = directory
         if not model_dir.is_dir():
             raise DistillInputError(f"export: {model_dir} does not exist; run `distill train` for it first")
-        # the data too: the checks, the dev scores and the static calibration read it
-        inputs = {"model": sha256_dir(model_dir), "export": recipe.export.model_dump(), "max_length": recipe.max_length,
-                  "data": fingerprint(state.tasks)}
+        inputs = export_hash_inputs(recipe, model_dir, state.tasks)
         # a vocab-pruned student reads its own token ids: its checks and calibration data are remapped
         tasks, pad_id = student_inputs(model_dir, state.tasks, state.pad_id)
         state.run_stage(f"export:{name}", sha256_json(inputs), [directory / "manifest.json"],
@@ -298,12 +274,10 @@ def stage_export(state: RunState) -> None:
 
 
 def stage_bench(state: RunState) -> None:
-    from benchmarks.suite import model_entries, run_benchmarks
+    from distill.bench.suite import model_entries, run_benchmarks
 
     recipe = state.recipe
-    manifests = {name: sha256_dir(path) for name, path in state.artifacts.items()}
-    inputs = {"artifacts": manifests, "teacher": sha256_dir(state.teacher_dir), "bench": recipe.bench.model_dump(),
-              "data": fingerprint(state.tasks)}
+    inputs = bench_hash_inputs(recipe, state.artifacts, state.teacher_dir, state.tasks)
 
     def body() -> None:
         models = {"teacher": state.teacher_dir, **state.student_dirs}

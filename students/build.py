@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from transformers import AutoModel
 
-from distill.data import EncodedSplit, TaskData
-from distill.errors import DistillInputError
-from distill.evaluation import predict, torch_forward
-from distill.fileio import atomic_directory
-from distill.hardware import INT8_PRESETS, hardware, int8_preset
-from distill.metrics import mean_score, score
+from distill.core.errors import DistillInputError
+from distill.core.fileio import atomic_directory
+from distill.core.int8_presets import configured_preset
+from distill.data.evaluation import predict, torch_forward
+from distill.data.metrics import mean_score, score
+from distill.data.tasks import EncodedSplit, TaskData
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import Recipe, StudentSpec
 from students.hidden import hidden_covariance, narrow_hidden, projection
 from students.importance import Importance, score_importance
@@ -33,14 +34,13 @@ from students.modules import plain_modules
 from students.pruning import IterativePruning, apply_masks, prune_ffn, prune_heads
 from students.qat import QatSettings, qat_hook, snap_word_embeddings
 from students.vocab import (
-    VocabMap,
     accept_teacher_ids,
     choose_vocab,
     coverage,
     prune_embeddings,
     write_student_tokenizer,
 )
-from teachers.multitask import MultiTaskModel
+from students.vocab_map import VocabMap
 
 log = logging.getLogger(__name__)
 HIDDEN_STAT_EXAMPLES = 256
@@ -193,7 +193,7 @@ def _substitute(vocab: VocabMap, ids: np.ndarray) -> np.ndarray | int:
 def _qat_settings(recipe: Recipe, spec: StudentSpec) -> QatSettings:
     """Fake quantization that matches the export: the same int8 preset (reduce_range) and per_channel choice."""
     export = recipe.export
-    preset = int8_preset(hardware()["isa"]) if export.isa == "auto" else INT8_PRESETS[export.isa]
+    preset = configured_preset(export.isa)
     last_stage_epochs = recipe.distillation.stage_plan()[-1].epochs
     return QatSettings.last_epochs(spec.qat_epochs, last_stage_epochs, bool(preset["reduce_range"]),
                                    export.per_channel, spec.qat_activations, export.int8_embeddings)

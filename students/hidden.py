@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.batching import eval_batches, pad_batch
-from distill.data import EncodedSplit, TaskData
-from distill.errors import DistillInputError
-from students.structure import bert_layers, embeddings
-from teachers.multitask import MultiTaskModel
+from distill.core.errors import DistillInputError
+from distill.data.batching import eval_batches, pad_batch
+from distill.data.tasks import EncodedSplit, TaskData
+from distill.model.encoder import bert_layers, embeddings
+from distill.model.multitask import MultiTaskModel
 
 
 def hidden_covariance(model: MultiTaskModel, tasks: list[TaskData], pad_id: int, examples: int,

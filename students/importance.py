@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import logging as hf_logging
 
-from distill.batching import eval_batches, pad_batch
-from distill.data import EncodedSplit, TaskData
-from distill.losses import task_losses
-from students.structure import bert_layers
-from teachers.multitask import MultiTaskModel
+from distill.data.batching import eval_batches, pad_batch
+from distill.data.tasks import EncodedSplit, TaskData
+from distill.model.encoder import bert_layers
+from distill.model.multitask import MultiTaskModel
+from distill.train.losses import task_losses
 
 
 @dataclass

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from torch import nn
 
-from distill.errors import DistillInputError
-from distill.fileio import atomic_write_json, read_json
-from teachers.multitask import MultiTaskModel
+from distill.core.errors import DistillInputError
+from distill.core.fileio import atomic_write_json, read_json
+from distill.model.encoder import layer_list_owner
+from distill.model.multitask import MultiTaskModel
 
 STUDENT_FILE = "student.json"
 
@@ -31,27 +32,10 @@ def pick_layers(spec: int | list[int], teacher_layers: int, strategy: str = "uni
     return [round((i + 1) * teacher_layers / spec) - 1 for i in range(spec)]
 
 
-def layer_list(encoder: nn.Module) -> nn.ModuleList:
-    """The encoder's list of transformer layers."""
-    owner, attr = _layer_list(encoder)
-    return getattr(owner, attr)
-
-
-def _layer_list(encoder: nn.Module) -> tuple[nn.Module, str]:
-    for path in ("encoder.layer", "transformer.layer", "layers", "h"):
-        owner: nn.Module | None = encoder
-        parts = path.split(".")
-        for part in parts[:-1]:
-            owner = getattr(owner, part, None)
-        if owner is not None and isinstance(getattr(owner, parts[-1], None), nn.ModuleList):
-            return owner, parts[-1]
-    raise DistillInputError(f"cannot find the layer list of a {type(encoder).__name__} encoder")
-
-
 def keep_layers(teacher: MultiTaskModel, keep: list[int]) -> MultiTaskModel:
     """A copy of the teacher with only the `keep` layers, initialised from the teacher's weights."""
     student = copy.deepcopy(teacher)
-    owner, attr = _layer_list(student.encoder)
+    owner, attr = layer_list_owner(student.encoder)
     layers = getattr(owner, attr)
     setattr(owner, attr, nn.ModuleList([layers[i] for i in keep]))
     student.encoder.config.num_hidden_layers = len(keep)

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.errors import DistillInputError
+from distill.core.errors import DistillInputError
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import LoraSpec
-from teachers.multitask import MultiTaskModel
 
 
 def _bitsandbytes(where: str) -> Any:

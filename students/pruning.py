@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers.pytorch_utils import prune_linear_layer
 
-from distill.data import TaskData
-from distill.errors import DistillInputError
+from distill.core.errors import DistillInputError
+from distill.data.tasks import TaskData
+from distill.model.encoder import bert_layers
+from distill.model.multitask import MultiTaskModel
 from students.importance import score_importance
 from students.modules import StudentLinear, plain_modules
-from students.structure import bert_layers
-from teachers.multitask import MultiTaskModel
 
 log = logging.getLogger(__name__)
 

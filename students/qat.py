@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from distill.model.multitask import MultiTaskModel
 from students.modules import StudentEmbedding, StudentLinear, replace_modules
-from teachers.multitask import MultiTaskModel
 
 log = logging.getLogger(__name__)
 

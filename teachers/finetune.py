@@ -8,15 +8,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
-from distill.batching import Batch
-from distill.data import TaskData
-from distill.evaluation import evaluate, primary_scores, torch_forward
-from distill.fileio import atomic_directory
-from distill.losses import task_losses
-from distill.metrics import mean_score
+from distill.core.fileio import atomic_directory
+from distill.data.batching import Batch
+from distill.data.evaluation import evaluate, primary_scores, torch_forward
+from distill.data.metrics import mean_score
+from distill.data.tasks import TaskData
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import Recipe
-from distill.training import TrainSettings, TrainSummary, seed_everything, train_loop
-from teachers.multitask import MultiTaskModel
+from distill.train.loop import train_loop
+from distill.train.losses import task_losses
+from distill.train.settings import TrainSettings, TrainSummary, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from distill.data import TaskData, TaskInfo
-from distill.errors import DistillInputError
-from distill.tokenizer import load_tokenizer
-from teachers.multitask import MultiTaskModel
+from distill.core.errors import DistillInputError
+from distill.core.tokenizer import load_tokenizer
+from distill.data.tasks import TaskData, TaskInfo
+from distill.model.multitask import MultiTaskModel
 
 log = logging.getLogger(__name__)
 AUTO_CLASSES = {"sequence_classification": AutoModelForSequenceClassification,
@@ -96,7 +96,7 @@ def _check_tokenizers(checkpoints: dict[str, Path], names: list[str], trust_remo
             )
 
 
-def load_checkpoint(path: Path, info: TaskInfo, trust_remote_code: bool = False) -> nn.Module:
+def load_task_checkpoint(path: Path, info: TaskInfo, trust_remote_code: bool = False) -> nn.Module:
     """A per-task checkpoint in eval mode; refused when it lacks weights for its task head."""
     model, loading = AUTO_CLASSES[info.type].from_pretrained(
         path, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True)
@@ -120,15 +120,15 @@ def assemble_init_model(checkpoints: dict[str, Path], tasks: list[TaskData], tok
     Heads are copied from each checkpoint's classifier (reordered to the task's labels) where one maps the
     hidden size to the labels; others start fresh. It is an initialisation, not a teacher: the cache is
     filled by each task's own checkpoint."""
-    from distill.fileio import atomic_directory
+    from distill.core.fileio import atomic_directory
 
     torch.manual_seed(seed)
-    first = load_checkpoint(checkpoints[tasks[0].info.name], tasks[0].info, trust_remote_code)
+    first = load_task_checkpoint(checkpoints[tasks[0].info.name], tasks[0].info, trust_remote_code)
     model = MultiTaskModel(first.base_model, [t.info for t in tasks])
     hidden = first.config.hidden_size
     for task in tasks:
         info = task.info
-        checkpoint = first if info.name == tasks[0].info.name else load_checkpoint(
+        checkpoint = first if info.name == tasks[0].info.name else load_task_checkpoint(
             checkpoints[info.name], info, trust_remote_code)
         source = _classifier(checkpoint, len(info.labels), hidden)
         if source is None:

@@ -143,10 +143,10 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path):
     import torch
     from transformers import AutoModel
 
-    from distill.data import encode_tasks, load_tasks
+    from distill.core.tokenizer import load_tokenizer
+    from distill.data.tasks import encode_tasks, load_tasks
+    from distill.model.multitask import MultiTaskModel
     from distill.recipe import parse_recipe
-    from distill.tokenizer import load_tokenizer
-    from teachers.multitask import MultiTaskModel
 
     root = tmp_path_factory.mktemp("teacher")
     recipe = parse_recipe(tiny_recipe_dict(tiny_base, write_tiny_data(root / "data")), root)

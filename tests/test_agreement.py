@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from distill.agreement import decision_margins, expected_agreement, label_agreement
-from distill.data import IGNORE_INDEX, EncodedSplit, TaskData, TaskInfo
+from distill.data.tasks import IGNORE_INDEX, EncodedSplit, TaskData, TaskInfo
+from distill.export.agreement import decision_margins, expected_agreement, label_agreement
 
 CLS = TaskInfo("cls", "sequence_classification", ["a", "b", "c"], "accuracy")
 

@@ -11,16 +11,16 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModel
 
-import teachers.runner as runner
-from distill.attention import attention_probs
-from distill.batching import pad_batch
-from distill.cache import TeacherCache
-from distill.data import EncodedSplit, Split, TaskData, TaskInfo, encode_tasks, load_tasks
-from distill.errors import DistillError, DistillInputError
-from distill.fileio import read_json, sha256_file
+import teachers.cache.build as runner
+from distill.core.errors import DistillError, DistillInputError
+from distill.core.fileio import read_json, sha256_file
+from distill.core.tokenizer import load_tokenizer
+from distill.data.batching import pad_batch
+from distill.data.tasks import EncodedSplit, Split, TaskData, TaskInfo, encode_tasks, load_tasks
+from distill.model.attention import attention_probs
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import load_recipe
-from distill.tokenizer import load_tokenizer
-from teachers.multitask import MultiTaskModel
+from teachers.cache.store import TeacherCache
 
 SMALL = {"train": 40, "dev": 8, "test": 8}
 
@@ -214,10 +214,10 @@ def test_truncated_leftover_shard_is_rebuilt_on_resume(setup):
 
 KILL_SCRIPT = """
 import os, signal, sys
-import teachers.runner as runner
-from distill.data import encode_tasks, load_tasks
+import teachers.cache.build as runner
+from distill.data.tasks import encode_tasks, load_tasks
 from distill.recipe import load_recipe
-from distill.tokenizer import load_tokenizer
+from distill.core.tokenizer import load_tokenizer
 
 recipe_path, teacher_dir = sys.argv[1], sys.argv[2]
 tasks = load_tasks(load_recipe(recipe_path))

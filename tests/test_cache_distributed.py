@@ -12,21 +12,21 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
-import teachers.runner as runner
-from distill.data import encode_tasks, load_tasks
-from distill.fileio import read_json
+import teachers.cache.build as runner
+from distill.core.fileio import read_json
+from distill.core.tokenizer import load_tokenizer
+from distill.data.tasks import encode_tasks, load_tasks
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import load_recipe
-from distill.tokenizer import load_tokenizer
-from teachers.multitask import MultiTaskModel
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 BUILD_SCRIPT = """
 import json, sys
 from accelerate import PartialState
-import teachers.runner as runner
-from distill.data import encode_tasks, load_tasks
+import teachers.cache.build as runner
+from distill.data.tasks import encode_tasks, load_tasks
 from distill.recipe import load_recipe
-from distill.tokenizer import load_tokenizer
+from distill.core.tokenizer import load_tokenizer
 
 recipe_path, teacher_dir, out = sys.argv[1:]
 tasks = load_tasks(load_recipe(recipe_path))

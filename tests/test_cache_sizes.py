@@ -4,10 +4,10 @@ import torch
 from transformers import AutoModel
 
 from benchmarks.cache_sizes import main
-from distill.data import encode_tasks, load_tasks
+from distill.core.tokenizer import load_tokenizer
+from distill.data.tasks import encode_tasks, load_tasks
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import load_recipe
-from distill.tokenizer import load_tokenizer
-from teachers.multitask import MultiTaskModel
 
 
 def test_cache_sizes_grow_with_what_is_kept(recipe_file, tiny_base, tmp_path, capsys):

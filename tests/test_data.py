@@ -3,10 +3,10 @@ import logging
 
 import pytest
 
-from distill.data import IGNORE_INDEX, encode_tasks, load_tasks
-from distill.errors import DistillInputError
+from distill.core.errors import DistillInputError
+from distill.core.tokenizer import load_tokenizer
+from distill.data.tasks import IGNORE_INDEX, encode_tasks, load_tasks
 from distill.recipe import load_recipe
-from distill.tokenizer import load_tokenizer
 
 
 def test_seeded_split_is_deterministic_and_disjoint(recipe_file):

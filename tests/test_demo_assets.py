@@ -2,7 +2,7 @@
 
 import pytest
 
-from distill import demo_assets
+from distill.demo import assets as demo_assets
 from distill.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def test_demo_sources_have_the_documented_sizes():
 def test_demo_model_and_tokenizer_load_offline(monkeypatch):
     from transformers import AutoModel
 
-    from distill.tokenizer import load_tokenizer
+    from distill.core.tokenizer import load_tokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = demo_assets.demo_model_path("demo:all-MiniLM-L6-v2")
@@ -37,8 +37,8 @@ def test_demo_model_and_tokenizer_load_offline(monkeypatch):
 
 
 def test_quick_demo_recipe_splits_are_fixed():
-    from distill.api import RECIPES_DIR
-    from distill.data import load_tasks
+    from distill.data.tasks import load_tasks
+    from distill.demo.recipes import RECIPES_DIR
 
     recipe = load_recipe(RECIPES_DIR / "demo.yaml")
     first = [t.splits["test"].rows[:5] for t in load_tasks(recipe)]

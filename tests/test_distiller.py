@@ -9,18 +9,18 @@ import yaml
 from safetensors import safe_open
 from transformers import AutoModel, BertConfig, BertModel
 
-import distill.distiller as distiller
+import distill.distillation.distiller as distiller
 from distill import load_recipe, run_recipe
-from distill.batching import pad_batch
-from distill.cache import TeacherCache
-from distill.data import encode_tasks, load_tasks
-from distill.errors import DistillInputError
-from distill.fileio import read_json
-from distill.online_teacher import OnlineTeacher
-from distill.projections import HiddenProjections
-from distill.tokenizer import load_tokenizer
-from teachers.multitask import MultiTaskModel
-from teachers.runner import build_cache
+from distill.core.errors import DistillInputError
+from distill.core.fileio import read_json
+from distill.core.tokenizer import load_tokenizer
+from distill.data.batching import pad_batch
+from distill.data.tasks import encode_tasks, load_tasks
+from distill.distillation.projections import HiddenProjections
+from distill.model.multitask import MultiTaskModel
+from teachers.cache.build import build_cache
+from teachers.cache.online import OnlineTeacher
+from teachers.cache.store import TeacherCache
 
 LIMIT = {"train": 48, "dev": 16, "test": 16}
 

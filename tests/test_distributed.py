@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from distill.batching import training_batches
-from distill.data import EncodedSplit, load_tasks
+from distill.data.batching import training_batches
+from distill.data.tasks import EncodedSplit, load_tasks
 from distill.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,15 +8,15 @@ from conftest import tiny_recipe_dict, write_tiny_data
 from onnx import TensorProto, helper, numpy_helper
 from transformers import AutoModel
 
-from distill.embedding_int8 import on_int4_grid, pack_int4_rows, quantize_embedding_rows, quantize_rows
-from distill.errors import DistillInputError
-from distill.exporter import export_artifact
+from distill.core.errors import DistillInputError
+from distill.export.artifact import export_artifact
+from distill.export.embeddings import on_int4_grid, pack_int4_rows, quantize_embedding_rows, quantize_rows
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import ExportSpec, StudentSpec, parse_recipe
 from distill.runtime import OnnxForward
 from students.build import build_student
 from students.modules import fake_quant_rows
-from students.vocab import student_inputs
-from teachers.multitask import MultiTaskModel
+from students.vocab_map import student_inputs
 
 
 def _lookup_graph(table: np.ndarray, path) -> None:

@@ -5,9 +5,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from distill.exporter import trim_positions
+from distill.export.onnx_graph import trim_positions
+from distill.model.multitask import MultiTaskModel
 from distill.runtime import Predictor
-from teachers.multitask import MultiTaskModel
 
 
 def test_artifacts_keep_only_max_length_position_rows(trained_run):

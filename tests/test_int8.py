@@ -7,14 +7,15 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from distill.data import encode_tasks, load_tasks
-from distill.embedding_int8 import embedding_gathers, quantize_rows
-from distill.exporter import export_artifact, quantize_int8
-from distill.int8_fallback import logit_noise, search_fallbacks
-from distill.int8_outliers import OUTLIER_SUFFIX, input_channel_max, outlier_channels, split_outlier_channels
+from distill.core.tokenizer import load_tokenizer
+from distill.data.tasks import encode_tasks, load_tasks
+from distill.export.artifact import export_artifact
+from distill.export.embeddings import embedding_gathers, quantize_rows
+from distill.export.int8_search import logit_noise, search_fallbacks
+from distill.export.outliers import OUTLIER_SUFFIX, input_channel_max, outlier_channels, split_outlier_channels
+from distill.export.quantize import quantize_int8
 from distill.recipe import ExportSpec, load_recipe
 from distill.runtime import OnnxForward, Predictor
-from distill.tokenizer import load_tokenizer
 
 
 def test_quantize_rows_keeps_each_row_within_half_its_own_step():
@@ -109,7 +110,8 @@ def test_logit_noise_is_relative_to_the_logits():
 @pytest.mark.parametrize("fallback", ["fp32", "block_int8", "outliers"])
 def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_base, tmp_path, monkeypatch, caplog,
                                                             fallback):
-    import distill.exporter as exporter
+    import distill.export.artifact as exporter
+    import distill.export.quantize as quantize
 
     recipe = load_recipe(trained_run / "recipe.yaml")
     tasks = load_tasks(recipe)
@@ -117,8 +119,9 @@ def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_ba
     encode_tasks(tasks, tokenizer, recipe.max_length)
     # each node moved to fp32 helps a little but never enough: the search keeps the two noisiest and warns
     calls = iter(range(1000))
-    monkeypatch.setattr(exporter, "expected_agreement",
-                        lambda tasks, *_: dict.fromkeys((t.info.name for t in tasks), 0.5 + 0.1 * next(calls)))
+    for module in (quantize, exporter):
+        monkeypatch.setattr(module, "expected_agreement",
+                            lambda tasks, *_: dict.fromkeys((t.info.name for t in tasks), 0.5 + 0.1 * next(calls)))
     spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=0.99, int8_max_fallback_nodes=2,
                       int8_fallback=fallback, calibration_examples=8)
     with caplog.at_level(logging.WARNING):
@@ -156,7 +159,8 @@ def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_ba
 
 
 def test_int8_agreement_labels_searches_on_the_counted_labels(trained_run, tiny_base, tmp_path, monkeypatch):
-    import distill.exporter as exporter
+    import distill.export.artifact as exporter
+    import distill.export.quantize as quantize
 
     recipe = load_recipe(trained_run / "recipe.yaml")
     tasks = load_tasks(recipe)
@@ -171,8 +175,9 @@ def test_int8_agreement_labels_searches_on_the_counted_labels(trained_run, tiny_
         assert split == "test", "int8_agreement: labels must not search on the estimate"
         return {}
 
-    monkeypatch.setattr(exporter, "label_agreement", fake_counted)
-    monkeypatch.setattr(exporter, "expected_agreement", no_estimate_on_dev)
+    for module in (quantize, exporter):
+        monkeypatch.setattr(module, "label_agreement", fake_counted)
+        monkeypatch.setattr(module, "expected_agreement", no_estimate_on_dev)
     spec = ExportSpec(int8_min_agreement=0.99, int8_agreement="labels", int8_max_fallback_nodes=3)
     manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
                                recipe.max_length, tokenizer.pad_token_id)
@@ -239,8 +244,8 @@ def test_outlier_channels_run_in_fp32_and_shrink_the_int8_error(tmp_path):
 
 
 def test_int8_checks_and_search_run_at_the_check_batch_size(trained_run, tiny_base, tmp_path, monkeypatch):
-    import distill.evaluation as evaluation
-    import distill.exporter as exporter
+    import distill.data.evaluation as evaluation
+    import distill.export.quantize as quantize
 
     recipe = load_recipe(trained_run / "recipe.yaml")
     tasks = load_tasks(recipe)
@@ -256,7 +261,7 @@ def test_int8_checks_and_search_run_at_the_check_batch_size(trained_run, tiny_ba
         return real_predict(forward, task, split, pad_id, batch_size)
 
     monkeypatch.setattr(evaluation, "predict", spy)
-    monkeypatch.setattr(exporter, "predict", spy)
+    monkeypatch.setattr(quantize, "predict", spy)
     spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=1.0, int8_max_fallback_nodes=1,
                       calibration_examples=8, check_batch_size=3)
     manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,

@@ -4,12 +4,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from distill.data import encode_tasks, load_tasks
-from distill.exporter import export_artifact, quantize_int8
-from distill.int8_outliers import input_channel_max, outlier_channels
-from distill.int8_smoothing import SMOOTH_SUFFIX, smooth_inputs, smoothed_channel_max, smoothing_scales
+from distill.core.tokenizer import load_tokenizer
+from distill.data.tasks import encode_tasks, load_tasks
+from distill.export.artifact import export_artifact
+from distill.export.outliers import input_channel_max, outlier_channels
+from distill.export.quantize import quantize_int8
+from distill.export.smoothing import SMOOTH_SUFFIX, smooth_inputs, smoothed_channel_max, smoothing_scales
 from distill.recipe import ExportSpec, load_recipe
-from distill.tokenizer import load_tokenizer
 
 
 def _two_matmuls(path, weights):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from distill.errors import DistillInputError
-from distill.layer_map import layer_pairs, needed_teacher_layers, uniform_layers
-from distill.projections import HiddenProjections, attached
+from distill.core.errors import DistillInputError
+from distill.distillation.layer_map import layer_pairs, needed_teacher_layers, uniform_layers
+from distill.distillation.projections import HiddenProjections, attached
 from distill.recipe import DistillationSpec, StudentSpec, TemperatureSchedule, load_recipe
 
 

@@ -3,8 +3,16 @@ import math
 import pytest
 import torch
 
-from distill.errors import DistillInputError
-from distill.losses import attention_transfer, cross_entropy, hidden_cosine, hidden_mse, kd_kl, kd_mse, relation_kl
+from distill.core.errors import DistillInputError
+from distill.train.losses import (
+    attention_transfer,
+    cross_entropy,
+    hidden_cosine,
+    hidden_mse,
+    kd_kl,
+    kd_mse,
+    relation_kl,
+)
 
 
 def test_kd_kl_matches_hand_computation():

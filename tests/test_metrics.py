@@ -1,7 +1,7 @@
 import numpy as np
 
-from distill.data import EncodedSplit, TaskInfo
-from distill.metrics import mean_score, score
+from distill.data.metrics import mean_score, score
+from distill.data.tasks import EncodedSplit, TaskInfo
 
 
 def test_classification_metrics():

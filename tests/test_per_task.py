@@ -8,15 +8,15 @@ import torch
 import yaml
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertTokenizerFast
 
-import teachers.runner as runner
-from distill.batching import pad_batch
-from distill.cache import TeacherCache
-from distill.data import encode_tasks, load_tasks
-from distill.errors import DistillInputError
+import teachers.cache.build as runner
+from distill.core.errors import DistillInputError
+from distill.core.tokenizer import load_tokenizer
+from distill.data.batching import pad_batch
+from distill.data.tasks import encode_tasks, load_tasks
+from distill.model.multitask import MultiTaskModel
 from distill.pipeline import run_recipe
 from distill.recipe import load_recipe
-from distill.tokenizer import load_tokenizer
-from teachers.multitask import MultiTaskModel
+from teachers.cache.store import TeacherCache
 
 # The data's labels are ["neg", "pos"] and ["O", "B-loc", "B-per"]; the checkpoints use other orders.
 SENTIMENT_LABELS = ["pos", "neg"]

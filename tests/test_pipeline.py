@@ -8,8 +8,8 @@ import pytest
 
 from distill import load_recipe, run_recipe
 from distill.cli import main
-from distill.errors import DistillInputError
-from distill.fileio import read_json
+from distill.core.errors import DistillInputError
+from distill.core.fileio import read_json
 
 REPORT_MODEL_KEYS = {"name", "role", "format", "params", "size_bytes", "latency_ms", "throughput_per_s", "scores",
                      "mean_score", "retention"}
@@ -124,8 +124,8 @@ def test_int8_drop_warns_then_fails(caplog):
     import logging
     from pathlib import Path
 
-    from distill.errors import DistillError
-    from distill.exporter import _check_int8_drop
+    from distill.core.errors import DistillError
+    from distill.export.artifact import _check_int8_drop
 
     with caplog.at_level(logging.WARNING):
         _check_int8_drop(Path("m"), "static", {"a": 0.01, "b": -0.005}, None)
@@ -137,11 +137,11 @@ def test_int8_drop_warns_then_fails(caplog):
 
 
 def test_export_fails_above_the_parity_tolerance(trained_run, tmp_path):
-    from distill.data import encode_tasks, load_tasks
-    from distill.errors import DistillError
-    from distill.exporter import export_artifact
+    from distill.core.errors import DistillError
+    from distill.core.tokenizer import load_tokenizer
+    from distill.data.tasks import encode_tasks, load_tasks
+    from distill.export.artifact import export_artifact
     from distill.recipe import ExportSpec
-    from distill.tokenizer import load_tokenizer
 
     recipe = load_recipe(trained_run / "recipe.yaml")
     tasks = load_tasks(recipe)

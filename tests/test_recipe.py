@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.errors import DistillInputError
+from distill.core.errors import DistillInputError
 from distill.recipe import deep_merge, load_recipe
 
 

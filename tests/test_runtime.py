@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from distill.batching import pad_batch
-from distill.data import encode_tasks, load_tasks
+from distill.core.tokenizer import load_tokenizer
+from distill.data.batching import pad_batch
+from distill.data.tasks import encode_tasks, load_tasks
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import load_recipe
 from distill.runtime import OnnxForward, Predictor
-from distill.tokenizer import load_tokenizer
-from teachers.multitask import MultiTaskModel
 
 
 def test_runtime_imports_without_torch_or_transformers(trained_run):
@@ -71,7 +71,7 @@ def test_int8_session_runs(trained_run):
 
 
 def test_int8_preset_follows_the_isa():
-    from distill.hardware import int8_preset
+    from distill.core.int8_presets import int8_preset
 
     assert int8_preset(["avx2", "avx512f", "avx512_vnni"]) == {"preset": "vnni", "reduce_range": False}
     assert int8_preset(["avx2", "avx512f"]) == {"preset": "avx512", "reduce_range": True}
@@ -92,8 +92,8 @@ def test_predictor_refuses_a_missing_precision(trained_run, tmp_path):
 
 
 def test_per_task_graphs_give_the_combined_graphs_predictions(trained_run, tmp_path, tiny_base):
-    from distill.data import encode_tasks, load_tasks
-    from distill.exporter import export_artifact
+    from distill.data.tasks import encode_tasks, load_tasks
+    from distill.export.artifact import export_artifact
     from distill.recipe import ExportSpec
     from distill.runtime import model_files
 
@@ -122,7 +122,7 @@ def test_per_task_graphs_give_the_combined_graphs_predictions(trained_run, tmp_p
 def test_keep_fp32_leaves_matching_nodes_unquantized(trained_run, tmp_path):
     import onnx
 
-    from distill.exporter import quantize_int8
+    from distill.export.quantize import quantize_int8
 
     fp32 = trained_run / "out" / "artifacts" / "s2" / "model.onnx"
     plain, partial = tmp_path / "plain.onnx", tmp_path / "partial.onnx"

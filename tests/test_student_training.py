@@ -5,12 +5,13 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from distill.data import EncodedSplit
+from distill.data.tasks import EncodedSplit
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import StudentSpec
-from distill.training import TrainSettings, train_loop
+from distill.train.loop import train_loop
+from distill.train.settings import TrainSettings
 from students.build import build_student
 from students.modules import StudentEmbedding, StudentLinear, fake_quant_int8, fake_quant_uint8
-from teachers.multitask import MultiTaskModel
 
 IDS = torch.tensor([[2, 10, 11, 12, 3, 0], [2, 14, 15, 3, 0, 0]])
 MASK = (IDS != 0).long()

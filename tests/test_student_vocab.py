@@ -5,13 +5,14 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModel
 
-from distill.exporter import export_artifact
+from distill.core.tokenizer import load_tokenizer
+from distill.export.artifact import export_artifact
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import ExportSpec, StudentSpec
 from distill.runtime import Predictor
-from distill.tokenizer import load_tokenizer
 from students.build import build_student
-from students.vocab import VOCAB_FILE, choose_vocab, load_vocab_map, student_inputs, token_counts
-from teachers.multitask import MultiTaskModel
+from students.vocab import choose_vocab, token_counts
+from students.vocab_map import VOCAB_FILE, load_vocab_map, student_inputs
 
 TEXTS = ["the film was really good", "alice and bob went to paris", "superb xyz movie, boring!", "rome"]
 

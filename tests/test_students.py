@@ -3,9 +3,10 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from distill.data import TaskInfo
-from distill.errors import DistillInputError
-from distill.exporter import export_onnx
+from distill.core.errors import DistillInputError
+from distill.data.tasks import TaskInfo
+from distill.export.onnx_graph import export_onnx
+from distill.model.multitask import MultiTaskModel
 from distill.recipe import StudentSpec
 from distill.runtime import OnnxForward
 from students.build import build_student
@@ -13,7 +14,6 @@ from students.hidden import projection
 from students.importance import score_importance
 from students.layers import keep_layers, load_layer_map, pick_layers, save_layer_map
 from students.pruning import prune_ffn, prune_heads
-from teachers.multitask import MultiTaskModel
 
 TASKS = [TaskInfo("cls", "sequence_classification", ["a", "b"], "accuracy"),
          TaskInfo("tag", "token_classification", ["O", "B-x"], "entity_f1")]

@@ -2,7 +2,7 @@
 
 import shutil
 
-from benchmarks.report import labelled_points, qat_comparisons, render_markdown, student_rows
+from distill.bench.report import labelled_points, qat_comparisons, render_markdown, student_rows
 from distill.cli import main
 
 
@@ -71,7 +71,7 @@ def test_sweep_trains_exports_benchmarks_and_prints_the_students(trained_run, tm
 def test_flops_estimate_counts_only_the_heads_a_pruned_model_keeps(tmp_path):
     import json
 
-    from benchmarks.measure import flops_estimate
+    from distill.bench.measure import flops_estimate
 
     config = {"hidden_size": 384, "num_hidden_layers": 3, "intermediate_size": 768, "num_attention_heads": 12}
     (tmp_path / "config.json").write_text(json.dumps(config))

@@ -11,11 +11,11 @@ import torch
 import yaml
 from conftest import FILLER, NAMES, NEGATIVE, PLACES, POSITIVE
 
-from distill.data import TaskInfo, load_tasks
-from distill.errors import DistillInputError
-from distill.losses import multilabel_bce, regression_mse, task_losses
-from distill.metrics import score
+from distill.core.errors import DistillInputError
+from distill.data.metrics import score
+from distill.data.tasks import TaskInfo, load_tasks
 from distill.recipe import load_recipe
+from distill.train.losses import multilabel_bce, regression_mse, task_losses
 
 
 def write_multi_label_and_regression_data(directory: Path, n: int = 240, seed: int = 1) -> dict[str, Path]:
@@ -65,8 +65,8 @@ def typed_recipe(tmp_path, tiny_base):
 
 def test_multi_label_and_regression_end_to_end(typed_recipe, tmp_path):
     from distill import Predictor, run_recipe
-    from distill.cache import TeacherCache
-    from distill.fileio import read_json
+    from distill.core.fileio import read_json
+    from teachers.cache.store import TeacherCache
 
     out = tmp_path / "out"
     run_recipe(load_recipe(typed_recipe), out, until="export")
@@ -116,9 +116,9 @@ def test_multi_label_labels_from_lists_and_empty_cells(tmp_path, recipe_file, ti
     assert task.info.labels == ["neg", "pos"] and task.info.metric == "micro_f1"
     labels = [tuple(names) for split in task.splits.values() for names in split.labels]
     assert sorted(labels) == sorted([("pos",), ("neg",), (), ("pos", "neg")] * 5), "an empty cell: no label"
-    from distill.batching import pad_batch
-    from distill.data import encode_tasks
-    from distill.tokenizer import load_tokenizer
+    from distill.core.tokenizer import load_tokenizer
+    from distill.data.batching import pad_batch
+    from distill.data.tasks import encode_tasks
 
     encode_tasks([task], load_tokenizer(tiny_base), 16)
     train = task.encoded["train"]
@@ -154,7 +154,7 @@ def test_metric_must_fit_the_task_type(recipe_file, kind, metric, ok):
 
 
 def test_multi_label_metrics_threshold_at_one_half():
-    from distill.data import EncodedSplit
+    from distill.data.tasks import EncodedSplit
 
     info = TaskInfo("t", "multi_label_classification", ["a", "b"], "micro_f1")
     gold = [np.array([1, 0], np.float32), np.array([1, 1], np.float32), np.array([0, 0], np.float32)]
@@ -165,7 +165,7 @@ def test_multi_label_metrics_threshold_at_one_half():
 
 
 def test_regression_metrics_and_their_undefined_cases():
-    from distill.data import EncodedSplit
+    from distill.data.tasks import EncodedSplit
 
     info = TaskInfo("t", "regression", [], "pearson")
     split = EncodedSplit([np.zeros(2)] * 4, [0.0, 1.0, 2.0, 3.0])

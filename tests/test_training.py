@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.batching import pad_batch, slice_batches, training_batches
-from distill.data import EncodedSplit
-from distill.errors import DistillError, DistillInputError
+from distill.core.errors import DistillError, DistillInputError
+from distill.data.batching import pad_batch, slice_batches, training_batches
+from distill.data.tasks import EncodedSplit
 from distill.recipe import TrainingSpec
-from distill.training import TrainSettings, make_optimizer, train_loop
+from distill.train.loop import train_loop
+from distill.train.settings import TrainSettings, make_optimizer
 
 
 class Toy(nn.Module):
@@ -263,8 +264,8 @@ def test_training_recipe_section_validates(recipe_file):
 
 
 def test_students_mix_tasks_by_distillation_sampling_and_the_teacher_by_training_sampling(recipe_file):
-    from distill.pipeline import _distillation_inputs
     from distill.recipe import load_recipe
+    from distill.stage_inputs import _distillation_inputs
 
     plain = load_recipe(recipe_file(lambda r: None))
     assert "sampling" not in _distillation_inputs(plain), "recipes without it keep their student stage hashes"

@@ -1,0 +1,148 @@
+"""Measuring one model: test-split scores, latency grid, throughput, memory, FLOPs, parameters and size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.bench.latency import bench_inputs, interleaved
+from distill.core.fileio import read_json
+from distill.core.progress import progress
+from distill.data.evaluation import ForwardFn, evaluate, primary_scores, torch_forward
+from distill.data.metrics import mean_score
+from distill.data.tasks import TaskData
+from distill.model.multitask import MultiTaskModel
+from distill.recipe import BenchSpec
+from distill.runtime import OnnxForward, model_files
+
+
+@dataclass
+class ModelEntry:
+    """A model to measure: a PyTorch model directory (format torch-fp32) or an artifact directory and the
+    precision to run (format onnx-<precision>), and the model directory it came from."""
+
+    name: str
+    role: str
+    format: str
+    path: Path
+    model_dir: Path
+    params: int
+    optimization_level: str = "all"
+
+
+def count_params(model_dir: Path) -> int:
+    """Parameters of a saved multi-task model (encoder and heads)."""
+    return sum(p.numel() for p in MultiTaskModel.load(model_dir).parameters())
+
+
+def onnx_files(entry: ModelEntry) -> Path | dict[str, Path]:
+    """The ONNX file (or per-task files) of an onnx-<precision> entry."""
+    files = model_files(entry.path, entry.format.removeprefix("onnx-"))
+    if files is None:
+        raise FileNotFoundError(f"{entry.path}: no {entry.format} model")
+    return files
+
+
+def size_bytes(entry: ModelEntry) -> int:
+    """Bytes on disk: the ONNX file(s), or the safetensors weights of a PyTorch model directory."""
+    if entry.format == "torch-fp32":
+        return sum(p.stat().st_size for p in entry.path.glob("*.safetensors"))
+    files = onnx_files(entry)
+    return sum(p.stat().st_size for p in (files.values() if isinstance(files, dict) else [files]))
+
+
+def flops_estimate(model_dir: Path, seq_len: int) -> float:
+    """Multiply-adds × 2 of one forward pass at batch 1 × seq_len, from the encoder's config (BERT-style;
+    heads removed by pruning, `config.pruned_heads`, shrink that layer's attention width)."""
+    config = read_json(model_dir / "config.json")
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    ffn = config.get("intermediate_size", 4 * hidden)
+    heads = config.get("num_attention_heads", 1)
+    pruned = config.get("pruned_heads") or {}
+    total = 0.0
+    for layer in range(layers):
+        attention = hidden * (heads - len(pruned.get(str(layer), []))) / heads
+        total += 2 * seq_len * (4 * hidden * attention + 2 * hidden * ffn) + 2 * 2 * seq_len * seq_len * attention
+    return total
+
+
+_MEMORY_PROBE = """
+import json, sys
+import numpy as np
+args = json.loads(sys.argv[1])
+ids = np.ones((args["batch"], args["seq_len"]), dtype=np.int64)
+if args["format"] == "torch-fp32":
+    import torch
+    from distill.model.multitask import MultiTaskModel
+    torch.set_num_threads(args["threads"])
+    with torch.inference_mode():
+        MultiTaskModel.load(args["path"])(torch.from_numpy(ids), torch.from_numpy(ids))
+else:
+    from distill.runtime import OnnxForward, model_files, model_files
+    OnnxForward(model_files(args["path"], args["format"].removeprefix("onnx-")), args["threads"],
+                args["level"]).run_all(ids, ids)
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+print(int(status.split()[0]) / 1024)
+"""
+
+
+def peak_memory_mb(entry: ModelEntry, batch: int, seq_len: int, threads: int) -> float:
+    """Peak resident memory (MB) of a fresh process that loads the model, as deployed, and runs one batch.
+
+    Read from VmHWM: getrusage's ru_maxrss would carry the parent's high-water mark over the exec."""
+    args = {"format": entry.format, "path": str(entry.path), "threads": threads, "level": entry.optimization_level,
+            "batch": batch, "seq_len": seq_len}
+    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(args)], capture_output=True, text=True,
+                          check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def latency_grid(spec: BenchSpec) -> list[tuple[int, int]]:
+    """(batch, sequence length) shapes to time: every batch size at seq_len, then batch 1 at other lengths."""
+    grid = [(batch, spec.seq_len) for batch in spec.batch_sizes]
+    return grid + [(1, length) for length in spec.other_seq_lens if length != spec.seq_len]
+
+
+def measure_latencies(forwards: list[ForwardFn], inputs: list[tuple[list[TaskData], int]],
+                      spec: BenchSpec) -> list[list[dict[str, Any]]]:
+    """For each model, its latency at every grid shape on its own (tasks, pad id) inputs; models are timed in
+    turn (see `interleaved`)."""
+    samples = [[ids for t in tasks for ids in t.encoded["test"].input_ids[:64]] for tasks, _ in inputs]
+    first_task = inputs[0][0][0].info.name
+    per_model: list[list[dict[str, Any]]] = [[] for _ in forwards]
+    for batch, seq_len in progress(latency_grid(spec), desc="latency", unit="shape"):
+        feeds = [bench_inputs(sample, batch, seq_len, pad) for sample, (_, pad) in zip(samples, inputs, strict=True)]
+        runs = [lambda f=f, feed=feed: f(first_task, *feed) for f, feed in zip(forwards, feeds, strict=True)]
+        for k, timing in enumerate(interleaved(runs, spec.warmup, spec.repeats, spec.rounds)):
+            per_model[k].append({"batch": batch, "seq_len": seq_len, **timing})
+    return per_model
+
+
+def model_forward(entry: ModelEntry, threads: int) -> ForwardFn:
+    """The entry loaded as deployed: PyTorch, or onnxruntime at the artifact's optimisation level."""
+    if entry.format == "torch-fp32":
+        torch.set_num_threads(threads)
+        return torch_forward(MultiTaskModel.load(entry.path))
+    return OnnxForward(onnx_files(entry), threads, entry.optimization_level)
+
+
+def measure_model(entry: ModelEntry, forward: ForwardFn, latencies: list[dict[str, Any]], tasks: list[TaskData],
+                  spec: BenchSpec, threads: int, pad_id: int) -> dict[str, Any]:
+    """One `models` item of report.json (without retention), given the model's latency grid."""
+    metrics = evaluate(forward, tasks, "test", pad_id, desc=f"{entry.name} test")
+    scores = primary_scores(tasks, metrics)
+    largest = max(latencies[: len(spec.batch_sizes)], key=lambda x: x["batch"])
+    return {
+        "name": entry.name, "role": entry.role, "format": entry.format, "params": entry.params,
+        "size_bytes": size_bytes(entry), "latency_ms": latencies[0], "latencies": latencies,
+        "throughput_per_s": largest["batch"] * 1000.0 / largest["p50"],
+        "peak_memory_mb": peak_memory_mb(entry, largest["batch"], spec.seq_len, threads),
+        "flops": flops_estimate(entry.model_dir, spec.seq_len),
+        "scores": scores, "metrics": metrics, "mean_score": mean_score(scores),
+    }

@@ -1,0 +1,150 @@
+"""The exporter: ONNX fp32 and int8 (dynamic, static) artifacts, checked against PyTorch and the task metrics."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from distill.core.errors import DistillError
+from distill.core.fileio import atomic_directory, atomic_write_json, sha256_dir, sha256_file
+from distill.core.hardware import hardware
+from distill.core.int8_presets import configured_preset
+from distill.core.tokenizer import TOKENIZER_FILES
+from distill.data.evaluation import evaluate, primary_scores, torch_forward
+from distill.data.tasks import TaskData
+from distill.export.agreement import expected_agreement, label_agreement
+from distill.export.embeddings import on_int4_grid
+from distill.export.onnx_graph import (
+    PARITY_EXAMPLES,
+    export_onnx,
+    fp32_parity,
+    trim_positions,
+)
+from distill.export.quantize import (
+    calibration_feeds,
+    quantize_graph,
+    split_predictions,
+)
+from distill.model.multitask import TASKS_FILE, MultiTaskModel
+from distill.recipe import ExportSpec
+from distill.runtime import MODEL_FILES, OnnxForward, task_file
+
+log = logging.getLogger(__name__)
+INT8_WARN_DROP = 0.01
+
+
+def library_versions() -> dict[str, str]:
+    names = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "numpy")
+    return {"python": platform.python_version(), **{n: version(n) for n in names}}
+
+
+def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec: ExportSpec, max_length: int,
+                    pad_id: int) -> dict[str, Any]:
+    """Export `model_dir` to an artifact directory (ONNX files, tokenizer, tasks.json, manifest.json)."""
+    model = MultiTaskModel.load(model_dir)
+    positions = int(model.encoder.config.max_position_embeddings)
+    if spec.positions == "max_length" and trim_positions(model, max_length):
+        log.info("%s: position table cut from %d to max_length %d rows", model_dir.name, positions, max_length)
+        positions = max_length
+    cpu = hardware()
+    preset = configured_preset(spec.isa)
+    level = spec.optimization_level
+    with atomic_directory(out_dir) as tmp:
+        fp32_path = _graph_files(tmp, "fp32", model, spec.graphs)
+        for task, path in _by_task(fp32_path):
+            export_onnx(model, path, spec.opset, task)
+        fp32 = OnnxForward(fp32_path, optimization_level=level)
+        parity = fp32_parity(model, fp32, tasks, pad_id)
+        log.info("%s: ONNX fp32 max abs logit difference vs PyTorch %.2e", model_dir.name, parity)
+        if parity > spec.parity_tolerance:
+            raise DistillError(f"export of {model_dir}: ONNX fp32 differs from PyTorch by {parity:.2e} "
+                               f"(> export.parity_tolerance {spec.parity_tolerance:.0e})")
+        torch_dev = primary_scores(tasks, evaluate(torch_forward(model), tasks, "dev", pad_id, desc="torch dev"))
+        torch_test = split_predictions(torch_forward(model), tasks, "test", pad_id)
+        fp32_test = split_predictions(fp32, tasks, "test", pad_id)
+        checks: dict[str, Any] = {
+            "fp32_max_abs_diff": parity, "parity_tolerance": spec.parity_tolerance,
+            "parity_examples_per_task": PARITY_EXAMPLES, "dev_torch_fp32": torch_dev,
+            "test_label_agreement_fp32_vs_torch": label_agreement(tasks, "test", fp32_test, torch_test),
+            "int8": {},
+        }
+        # per_row stores a table trained on a 4-bit grid (students' embedding_bits: 4) at 4 bits, others at 8
+        word_bits = 4 if on_int4_grid(model.encoder.get_input_embeddings().weight.detach().numpy()) else 8
+        # the fp32 fallback search runs in the first int8 mode; later modes keep the same nodes in fp32
+        fallbacks: dict[str | None, list[str]] = {}
+        first_mode = spec.quantization[0]
+        for mode in spec.quantization if spec.int8 else []:
+            precision = "int8" if mode == "dynamic" else "int8-static"
+            int8_path = _graph_files(tmp, precision, model, spec.graphs)
+            feeds = calibration_feeds(tasks, spec.calibration_examples, pad_id) if mode == "static" else None
+            excluded, searches = [], {}
+            for (task, source), (_, target) in zip(_by_task(fp32_path), _by_task(int8_path), strict=True):
+                graph_tasks = [t for t in tasks if task is None or t.info.name == task]
+                kept, search = quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id,
+                                               fallbacks.get(task))
+                excluded += kept
+                if search is not None:
+                    searches[task or "model"] = search.as_dict()
+                    fallbacks[task] = search.nodes
+                elif task in fallbacks:
+                    searches[task or "model"] = {"nodes": fallbacks[task], "searched_in": first_mode}
+            int8 = OnnxForward(int8_path, optimization_level=level)
+            int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev",
+                                                      batch_size=spec.check_batch_size))
+            delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
+            int8_test = split_predictions(int8, tasks, "test", pad_id, spec.check_batch_size)
+            checks["int8"][mode] = {
+                "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel,
+                "fp32_nodes": len(excluded), "embeddings": spec.int8_embeddings,
+                **({"word_embedding_bits": word_bits} if spec.int8_embeddings == "per_row" else {}),
+                **({"fallback": spec.int8_fallback, "fallback_search": searches} if searches else {}),
+                **({"outlier_channels": spec.int8_outlier_channels}
+                   if searches and spec.int8_fallback == "outliers" else {}),
+                "reduce_range": preset["reduce_range"], "smoothing": spec.int8_smoothing,
+                "batch_size": spec.check_batch_size,
+                "dev": int8_dev, "metric_delta": delta,
+                "test_label_agreement_vs_fp32": label_agreement(tasks, "test", int8_test, fp32_test),
+                "test_expected_agreement_vs_fp32": expected_agreement(tasks, "test", fp32_test, int8_test),
+            }
+            _check_int8_drop(model_dir, mode, delta, spec.max_int8_drop)
+        if not spec.fp32:
+            for _, path in _by_task(fp32_path):
+                path.unlink()
+        for name in (*TOKENIZER_FILES, TASKS_FILE):
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, tmp / name)
+        manifest = {
+            "source_model": str(model_dir), "max_length": max_length, "positions": positions,
+            "optimization_level": level,
+            "graphs": spec.graphs,
+            "inputs": {"model_sha256": sha256_dir(model_dir), "export": spec.model_dump()},
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.onnx"))},
+            "versions": library_versions(), "cpu": {"model": cpu["cpu"], "isa": cpu["isa"], **preset},
+            "checks": checks,
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def _graph_files(directory: Path, precision: str, model: MultiTaskModel, graphs: str) -> Path | dict[str, Path]:
+    if graphs == "per_task":
+        return {task: directory / task_file(precision, task) for task in model.heads}
+    return directory / MODEL_FILES[precision]
+
+
+def _by_task(files: Path | dict[str, Path]) -> list[tuple[str | None, Path]]:
+    return list(files.items()) if isinstance(files, dict) else [(None, files)]
+
+
+def _check_int8_drop(model_dir: Path, mode: str, delta: dict[str, float], limit: float | None) -> None:
+    worst_task = min(delta, key=delta.get)
+    drop = -delta[worst_task]
+    if limit is not None and drop > limit:
+        raise DistillError(f"export of {model_dir}: {mode} int8 loses {drop:.4f} dev {worst_task} score "
+                           f"(> export.max_int8_drop {limit})")
+    if drop > INT8_WARN_DROP:
+        log.warning("%s: %s int8 loses %.4f dev %s score against PyTorch", model_dir.name, mode, drop, worst_task)

@@ -1,0 +1,114 @@
+"""Accuracy-aware int8: take the few weight MatMuls whose int8 noise moves predictions the most out of it.
+
+onnxruntime's dynamic int8 quantizes each MatMul's input with one scale per tensor; on a task with many
+borderline examples that noise flips labels (1-2 % of the demo's sentiment test set), and most of it comes
+from a few nodes (the first layer's feed-forward block, on the demo). With `export.int8_min_agreement`,
+each candidate node is quantized alone on a dev sample and ranked by how far it moves the logits; then the
+noisiest nodes leave the per-tensor int8 scheme one at a time until int8 and fp32 agree on the dev labels of
+every task, expected (`distill.export.agreement`, the default) or counted; short of that, the fewest nodes that gave
+the best agreement are kept. A node that leaves becomes (`export.int8_fallback`) int8 with its largest input
+channels in fp32 (`outliers`, the default, see `distill.export.outliers`), onnxruntime's MatMulNBits with 8-bit
+weights and int8 activations quantized per block of 128 values (`block_int8`: nearly fp32's accuracy at
+int8's size, at about fp32's speed on CPU), or fp32."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FallbackSearch:
+    """What the search did, for the manifest."""
+
+    target: float
+    nodes: list[str] = field(default_factory=list)
+    agreement_before: dict[str, float] = field(default_factory=dict)
+    agreement: dict[str, float] = field(default_factory=dict)
+    noise: dict[str, float] = field(default_factory=dict)
+    measure: str = "labels"
+    dev_label_agreement: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reached(self) -> bool:
+        return min(self.agreement.values(), default=1.0) >= self.target
+
+    def as_dict(self) -> dict:
+        top = dict(sorted(self.noise.items(), key=lambda kv: -kv[1])[:10])
+        return {"target_dev_agreement": self.target, "measure": self.measure, "reached": self.reached,
+                "nodes": self.nodes, "dev_agreement_all_int8": self.agreement_before, "dev_agreement": self.agreement,
+                "dev_label_agreement": self.dev_label_agreement, "noisiest_nodes": top}
+
+
+def search_fallbacks(candidates: list[str], noise_of: Callable[[str], float],
+                     agreement_with: Callable[[list[str]], dict[str, float]], target: float, max_nodes: int,
+                     progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> FallbackSearch:
+    """Rank `candidates` by `noise_of` (one node quantized alone) and take the noisiest out one by one
+    until `agreement_with(fallback nodes)` (dev agreement per task, which also quantizes the graph) is at
+    least `target` everywhere, or `max_nodes` are out; then keep the fewest nodes with the best result."""
+    result = FallbackSearch(target=target)
+    result.agreement_before = result.agreement = agreement_with([])
+    if result.reached or max_nodes == 0:
+        return result
+    result.noise = {name: noise_of(name) for name in progress(candidates)}
+    ranked = sorted(candidates, key=lambda n: -result.noise[n])[:max_nodes]
+    tried: list[dict[str, float]] = [result.agreement_before]
+    for count in range(1, len(ranked) + 1):
+        tried.append(agreement_with(ranked[:count]))
+        log.info("int8 fallback: %d node(s) out of int8, dev agreement %s", count,
+                 {k: round(v, 4) for k, v in tried[-1].items()})
+        if min(tried[-1].values()) >= target:
+            break
+    # short of the target, the fewest nodes with the best worst-task agreement (more nodes can do worse)
+    best = max(range(len(tried)), key=lambda k: (min(tried[k].values()), -k))
+    result.nodes, result.agreement = ranked[:best], tried[best]
+    if best != len(tried) - 1:
+        agreement_with(result.nodes)  # leave the graph quantized with the chosen nodes
+    return result
+
+
+def weight_matmuls(model_path: Path, gemm: bool = True) -> list[str]:
+    """MatMul (and Gemm) nodes whose second input is a stored weight (what dynamic int8 quantizes)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    kinds = ("MatMul", "Gemm") if gemm else ("MatMul",)
+    return [n.name for n in graph.node if n.op_type in kinds and n.input[1] in weights]
+
+
+def logit_noise(reference: dict[str, list[np.ndarray]], other: dict[str, list[np.ndarray]]) -> float:
+    """Mean over tasks of RMS(other - reference) / RMS(reference): how far int8 moved the logits."""
+    ratios = []
+    for task, ref in reference.items():
+        a = np.concatenate([np.ravel(x) for x in ref])
+        b = np.concatenate([np.ravel(x) for x in other[task]])
+        ratios.append(float(np.sqrt(np.mean((b - a) ** 2)) / (np.sqrt(np.mean(a ** 2)) + 1e-12)))
+    return float(np.mean(ratios))
+
+
+BLOCK_SIZE = 128
+ACCURACY_INT8 = 4  # MatMulNBits accuracy_level: activations quantized to int8 per block
+
+
+def block_int8_matmuls(model_path: Path, nodes: list[str]) -> None:
+    """Rewrite the named float MatMuls of `model_path` as MatMulNBits: symmetric 8-bit weights per block of
+    BLOCK_SIZE input channels, activations quantized per block at run time (onnxruntime contrib op)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line a node
+    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=ACCURACY_INT8,
+                                          bits=8, op_types_to_quantize=("MatMul",))
+    model = onnx.load(str(model_path))
+    # nodes_to_include adds to the op types it converts anyway; every other float MatMul (the fp32 heads) is excluded
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(nodes)]
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_include=list(nodes), nodes_to_exclude=others, algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(model_path), False)

@@ -1,0 +1,202 @@
+"""int8 graphs: onnxruntime quantization after smoothing, with outlier splits and the accuracy-aware fallback
+search on dev."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.core.progress import progress
+from distill.data.batching import eval_batches, pad_batch
+from distill.data.evaluation import ForwardFn, predict
+from distill.data.tasks import EncodedSplit, TaskData
+from distill.export.agreement import expected_agreement, label_agreement
+from distill.export.embeddings import embedding_gathers, quantize_embedding_rows
+from distill.export.int8_search import (
+    FallbackSearch,
+    block_int8_matmuls,
+    logit_noise,
+    search_fallbacks,
+    weight_matmuls,
+)
+from distill.export.onnx_graph import fp32_node_names, gemm_matmul_names, head_nodes
+from distill.export.outliers import input_channel_max, outlier_channels, split_outlier_channels
+from distill.export.smoothing import smooth_inputs, smoothed_channel_max, smoothing_scales
+from distill.recipe import ExportSpec
+from distill.runtime import OnnxForward
+
+log = logging.getLogger(__name__)
+FALLBACK_NOISE_EXAMPLES = 128  # dev examples per task on which each node's int8 noise is measured
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool, reduce_range: bool,
+                  calibration: list[dict[str, np.ndarray]] | None = None,
+                  keep_fp32: list[str] | None = None, embeddings: str = "per_row",
+                  fallback_nodes: list[str] | None = None, fallback: str = "fp32",
+                  only_nodes: list[str] | None = None, outliers: dict[str, np.ndarray] | None = None,
+                  int8_heads: bool = False, smoothing: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Int8 by onnxruntime: dynamic (weights; activations at run time) or static QDQ calibrated on `calibration`.
+
+    Nodes whose name matches a regular expression of `keep_fp32` stay in fp32; `fallback_nodes` (MatMuls) are
+    left out of the int8 scheme and become `fallback`: fp32, `block_int8` (see `block_int8_matmuls`), or
+    `outliers`: int8 with their `outliers[node]` input channels in fp32 (see `distill.export.outliers`). The inputs
+    of the MatMuls in `smoothing` are divided by their s first (see `distill.export.smoothing`). The task
+    heads (see `head_nodes`) stay fp32 unless `int8_heads`. With
+    `only_nodes`, only those are quantized (embeddings stay fp32). Embedding tables: `per_row` (int8, one
+    scale per row, see `distill.export.embeddings`), `per_tensor` (onnxruntime's) or `fp32`. Returns the names
+    of the nodes `keep_fp32` matched."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
+    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    kept = fp32_node_names(prepared, keep_fp32 or [])
+    heads = [] if int8_heads else head_nodes(prepared)
+    if smoothing:  # after the names are matched: the smoothing Muls are not the user's nodes
+        smooth_inputs(prepared, smoothing)
+    if fallback == "outliers":
+        assert outliers is not None or not fallback_nodes, "fallback outliers needs the channels of each node"
+        small = split_outlier_channels(prepared, {n: outliers[n] for n in fallback_nodes or []}) if outliers else []
+        excluded = sorted(set(kept) | set(heads) | set(small))
+    else:
+        excluded = sorted(set(kept) | set(heads) | set(fallback_nodes or []))
+    excluded += gemm_matmul_names(prepared, excluded)
+    tables = embedding_gathers(prepared) if embeddings != "per_tensor" or only_nodes is not None else []
+    common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
+                              "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
+    try:
+        with root_log_level(logging.WARNING):
+            if mode == "dynamic":
+                quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8, **common)
+            else:
+                class Reader(CalibrationDataReader):
+                    def __init__(self) -> None:
+                        self.feeds = iter(calibration or [])
+
+                    def get_next(self) -> dict | None:
+                        return next(self.feeds, None)
+
+                quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+                                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
+        if embeddings == "per_row" and only_nodes is None:
+            quantize_embedding_rows(int8_path)
+        if fallback == "block_int8" and fallback_nodes:
+            block_int8_matmuls(int8_path, fallback_nodes)
+        return kept
+    finally:
+        prepared.unlink(missing_ok=True)
+        for leftover in int8_path.parent.glob("*augmented*.onnx"):
+            leftover.unlink()
+
+
+def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, preset: dict[str, Any],
+                    feeds: list[dict[str, np.ndarray]] | None, tasks: list[TaskData], pad_id: int,
+                    found: list[str] | None = None) -> tuple[list[str], FallbackSearch | None]:
+    """One int8 graph; with `export.int8_min_agreement`, the fallback search on dev (see int8_search),
+    unless another mode's search `found` the nodes already. Returns the keep_fp32 nodes and the search."""
+    kept = fp32_node_names(source, spec.keep_fp32)
+    fp32_anyway = set(kept) | set([] if spec.int8_heads else head_nodes(source))
+    need_outliers = spec.int8_fallback == "outliers" and (bool(found) or spec.int8_min_agreement is not None)
+    scales: dict[str, np.ndarray] = {}
+    outliers = None
+    if spec.int8_smoothing is not None or need_outliers:
+        sample_feeds = calibration_feeds(tasks, FALLBACK_NOISE_EXAMPLES, pad_id)
+        channel_max = input_channel_max(source, weight_matmuls(source, gemm=False), sample_feeds)
+        if spec.int8_smoothing is not None:
+            scales = smoothing_scales(source, {n: v for n, v in channel_max.items() if n not in fp32_anyway},
+                                      spec.int8_smoothing)
+        if need_outliers:  # the channels that stay largest once smoothing divided them by s
+            outliers = outlier_channels(smoothed_channel_max(channel_max, scales), spec.int8_outlier_channels)
+
+    def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None) -> list[str]:
+        return quantize_int8(source, path, mode, spec.per_channel, preset["reduce_range"], feeds, spec.keep_fp32,
+                             spec.int8_embeddings, fallback_nodes, spec.int8_fallback, only, outliers, spec.int8_heads,
+                             scales)
+
+    if spec.int8_min_agreement is None or found is not None:
+        return quantize(target, found), None
+    level = spec.optimization_level
+    reference = OnnxForward(source, optimization_level=level)
+    batch = spec.check_batch_size
+    dev_fp32 = split_predictions(reference, tasks, "dev", pad_id, batch)
+    sample = [dev_sample(t, FALLBACK_NOISE_EXAMPLES) for t in tasks]
+    sample_fp32 = split_predictions(reference, sample, "dev", pad_id, batch)
+    # MatMulNBits and the outlier split replace MatMuls only; a Gemm (a classifier head) can only fall back to fp32
+    candidates = [n for n in weight_matmuls(source, gemm=spec.int8_fallback == "fp32") if n not in fp32_anyway]
+    probe = target.with_name(f"{target.stem}.probe.onnx")
+
+    def noise_of(node: str) -> float:
+        quantize(probe, only=[node])
+        return logit_noise(sample_fp32, split_predictions(OnnxForward(probe, optimization_level=level), sample, "dev",
+                                                     pad_id, batch))
+
+    counted: dict[str, float] = {}
+
+    def agreement_with(fallback_nodes: list[str]) -> dict[str, float]:
+        quantize(target, fallback_nodes)
+        dev_int8 = split_predictions(OnnxForward(target, optimization_level=level), tasks, "dev", pad_id, batch)
+        counted.update(label_agreement(tasks, "dev", dev_int8, dev_fp32))  # the last call quantizes the chosen graph
+        return dict(counted) if spec.int8_agreement == "labels" else expected_agreement(tasks, "dev", dev_fp32,
+                                                                                         dev_int8)
+
+    try:
+        search = search_fallbacks(candidates, noise_of, agreement_with, spec.int8_min_agreement,
+                                  spec.int8_max_fallback_nodes,
+                                  lambda nodes: progress(nodes, desc=f"int8 noise per node ({target.name})",
+                                                         leave=False, unit="node"))
+    finally:
+        probe.unlink(missing_ok=True)
+    search.measure, search.dev_label_agreement = spec.int8_agreement, counted
+    if not search.reached:
+        log.warning("%s: int8 dev agreement %s is below export.int8_min_agreement %s with %d fallback node(s) "
+                    "(export.int8_max_fallback_nodes)", target.name, search.agreement, spec.int8_min_agreement,
+                    len(search.nodes))
+    return kept, search
+
+
+def dev_sample(task: TaskData, n: int) -> TaskData:
+    dev = task.encoded["dev"]
+    words = dev.words[:n] if dev.words is not None else None
+    return replace(task, encoded={"dev": EncodedSplit(dev.input_ids[:n], dev.labels[:n], words)})
+
+
+@contextmanager
+def root_log_level(level: int) -> Iterator[None]:
+    """onnxruntime's quantizer logs a line per tensor through the root logger; keep that out of the run log."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        root.setLevel(before)
+
+
+def calibration_feeds(tasks: list[TaskData], per_task: int, pad_id: int) -> list[dict[str, np.ndarray]]:
+    """Padded dev batches of every task, as onnxruntime feeds, for static int8 calibration."""
+    feeds = []
+    for task in tasks:
+        split = dev_sample(task, per_task).encoded["dev"]
+        for indices in eval_batches(split, 16):
+            batch = pad_batch(task.info.name, split, indices, pad_id)
+            feeds.append({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+    return feeds
+
+
+def split_predictions(forward: ForwardFn, tasks: list[TaskData], split: str, pad_id: int,
+                 batch_size: int = 64) -> dict[str, list[np.ndarray]]:
+    return {t.info.name: predict(forward, t.info.name, t.encoded[split], pad_id, batch_size) for t in tasks}

@@ -1,0 +1,130 @@
+"""The whole recipe (`Recipe`) and reading it from YAML, with errors that name the key."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from distill.core.errors import DistillInputError
+from distill.recipe.common import Strict
+from distill.recipe.distillation import CacheSpec, DistillationSpec, TrainingSpec
+from distill.recipe.models import StudentSpec, TeacherSpec
+from distill.recipe.outputs import BenchSpec, ExportSpec
+from distill.recipe.tasks import TaskSpec
+
+
+class Recipe(Strict):
+    """A whole run: tasks, teacher, students, distillation, export and benchmark settings."""
+
+    seed: int = 13
+    max_length: int = Field(default=128, gt=8)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    teacher: TeacherSpec
+    students: list[StudentSpec] = Field(min_length=1)
+    distillation: DistillationSpec = DistillationSpec()
+    training: TrainingSpec = TrainingSpec()
+    cache: CacheSpec = CacheSpec()
+    export: ExportSpec = ExportSpec()
+    bench: BenchSpec = BenchSpec()
+    base_dir: Path = Field(default=Path("."), exclude=True, description="where relative paths start")
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of initialisation, dropout and batch order (training.seed, else the recipe's seed)."""
+        return self.seed if self.training.seed is None else self.training.seed
+
+    @model_validator(mode="after")
+    def _unique(self) -> Recipe:
+        for what, names in (("tasks", [t.name for t in self.tasks]), ("students", [s.name for s in self.students])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what}: duplicate name(s) {dupes}")
+        per_task = self.teacher.per_task
+        if per_task is not None and set(per_task) != {t.name for t in self.tasks}:
+            raise ValueError(f"teacher.per_task: name one checkpoint for each task {[t.name for t in self.tasks]}; "
+                             f"got {sorted(per_task)}")
+        if per_task is not None:
+            other = [t.name for t in self.tasks if t.type not in ("sequence_classification", "token_classification")]
+            if other:
+                raise ValueError(f"teacher.per_task: per-task checkpoints serve sequence and token classification "
+                                 f"tasks; {other} need a multi-task teacher (base_model or path)")
+        if self.bench.seq_len is None:
+            self.bench = self.bench.model_copy(update={"seq_len": self.max_length})
+        if self.export.positions == "max_length":
+            longer = [n for n in [self.bench.seq_len, *self.bench.other_seq_lens] if n > self.max_length]
+            if longer:
+                raise ValueError(f"bench: sequence length(s) {longer} exceed max_length {self.max_length}, and "
+                                 "export.positions: max_length keeps only that many position rows; shorten them "
+                                 "or set export.positions: all")
+        # QAT and iterative pruning run in the last (or only) stage
+        epochs = math.ceil(self.distillation.stage_plan()[-1].epochs)
+        for student in self.students:
+            if student.qat_epochs > epochs:
+                raise ValueError(f"students.{student.name}.qat_epochs: {student.qat_epochs} is more than the "
+                                 f"{epochs} distillation epoch(s) of the last stage")
+            if student.embedding_bits is not None and self.export.int8_embeddings != "per_row":
+                raise ValueError(f"students.{student.name}.embedding_bits: the export stores snapped tables only "
+                                 f"with export.int8_embeddings: per_row (not {self.export.int8_embeddings})")
+            if student.prunes and student.pruning.schedule == "iterative" and student.pruning.rounds > epochs:
+                raise ValueError(f"students.{student.name}.pruning.rounds: {student.pruning.rounds} is more than "
+                                 f"the {epochs} distillation epoch(s) of the last stage")
+        return self
+
+    def resolve(self, path: str) -> str:
+        """A recipe path made absolute against the recipe's directory; hub ids pass through."""
+        candidate = (self.base_dir / path).expanduser()
+        return str(candidate.resolve()) if candidate.exists() or path.startswith((".", "/", "~")) else path
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` merged in; lists of named items merge by `name`."""
+    merged = dict(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            merged[key] = deep_merge(old, value)
+        elif isinstance(old, list) and isinstance(value, list) and all(isinstance(v, dict) and "name" in v
+                                                                       for v in value):
+            by_name = {v["name"]: v for v in value}
+            merged[key] = [deep_merge(item, by_name.get(item.get("name"), {})) for item in old]
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DistillInputError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DistillInputError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(data, dict):
+        raise DistillInputError(f"{path}: a recipe is a YAML mapping with tasks, teacher and students")
+    return data
+
+
+def parse_recipe(data: dict[str, Any], base_dir: Path, origin: str = "recipe") -> Recipe:
+    """Validate a recipe mapping; errors name the offending key."""
+    try:
+        return Recipe.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise DistillInputError(f"{origin}: {where}: {message}") from exc
+
+
+def load_recipe(path: str | Path, overrides: list[str | Path] = ()) -> Recipe:
+    """Load and validate a recipe YAML file, with optional override files merged on top."""
+    path = Path(path)
+    data = _read_yaml(path)
+    for extra in overrides:
+        data = deep_merge(data, _read_yaml(Path(extra)))
+    return parse_recipe(data, path.resolve().parent, origin=str(path))

@@ -1,0 +1,77 @@
+"""The recipe's `tasks:` section: each task's data, fields and metric."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from distill.recipe.common import Strict, TaskName
+
+TaskType = Literal["sequence_classification", "token_classification", "multi_label_classification", "regression"]
+SPLITS = ("train", "dev", "test")
+# The metrics each task type can use as its primary metric; the first is the default.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "sequence_classification": ("accuracy", "macro_f1"),
+    "token_classification": ("entity_f1",),
+    "multi_label_classification": ("micro_f1", "macro_f1"),
+    "regression": ("pearson", "spearman"),
+}
+
+
+class SourceSpec(Strict):
+    """Where a task's examples come from: exactly one of `demo`, `files`, `hub`."""
+
+    demo: Literal["rotten_tomatoes", "bbc_news", "wnut_ner"] | None = None
+    files: str | dict[str, str] | None = None
+    format: Literal["csv", "json", "parquet"] | None = None
+    hub: str | None = None
+    hub_config: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceSpec:
+        given = [k for k in ("demo", "files", "hub") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'demo', 'files' or 'hub'")
+        if isinstance(self.files, dict):
+            unknown = set(self.files) - set(SPLITS)
+            if unknown:
+                raise ValueError(f"files: unknown split(s) {sorted(unknown)}; use train, dev, test")
+        return self
+
+
+class TaskSpec(Strict):
+    """One task: its data, its fields and how it is scored."""
+
+    name: TaskName
+    type: TaskType
+    source: SourceSpec
+    text_field: str = "text"
+    label_field: str = "label"
+    splits: dict[str, str] | None = Field(
+        default=None, description="train/dev/test -> the source's split names (hub datasets)"
+    )
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    limit: dict[str, int] | None = Field(default=None, description="at most this many examples per split")
+    metric: Literal["accuracy", "macro_f1", "entity_f1", "micro_f1", "pearson", "spearman"] | None = Field(
+        default=None, description="the primary metric; default by type (see TASK_METRICS)")
+    weight: float = Field(default=1.0, gt=0, description="this task's share of the loss")
+    label_separator: str = Field(
+        default=",", min_length=1,
+        description="multi_label_classification: separates the label names when a label cell is one string")
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r <= 0 for r in value) or abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError("three positive numbers that sum to 1 (train, dev, test)")
+        return value
+
+    @model_validator(mode="after")
+    def _metric(self) -> TaskSpec:
+        allowed = TASK_METRICS[self.type]
+        if self.metric is None:
+            self.metric = allowed[0]
+        if self.metric not in allowed:
+            raise ValueError(f"metric {self.metric!r} does not fit task type {self.type!r}; use one of {allowed}")
+        return self

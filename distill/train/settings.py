@@ -1,0 +1,109 @@
+"""What a training run is set to do, where it is, and what it reports; the accelerate and optimiser set-up."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+
+from distill.core.fileio import sha256_json
+from distill.data.tasks import EncodedSplit
+from distill.recipe import Recipe, TrainingSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    epochs: float
+    batch_size: int
+    learning_rate: float
+    warmup_ratio: float
+    seed: int
+    engine: TrainingSpec = field(default_factory=TrainingSpec)
+    batch_size_key: str = "batch_size"  # the recipe key an out-of-memory error tells the user to lower
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, role: Literal["teacher", "student"]) -> TrainSettings:
+        """The teacher's (teacher:) or the students' (distillation:) optimisation, with the recipe's training:
+        (the students' task mixing from distillation.sampling when set)."""
+        spec = recipe.teacher if role == "teacher" else recipe.distillation
+        key = "teacher.batch_size" if role == "teacher" else "distillation.batch_size"
+        engine = recipe.training
+        if role == "student" and recipe.distillation.sampling is not None:
+            engine = engine.model_copy(update={"sampling": recipe.distillation.sampling})
+        return cls(spec.epochs, spec.batch_size, spec.learning_rate, spec.warmup_ratio, recipe.training_seed,
+                   engine, key)
+
+    def fingerprint(self, num_processes: int, train: dict[str, EncodedSplit]) -> str:
+        """What a checkpoint must match to be resumed (settings that only change logging are left out)."""
+        settings = {**asdict(self), "engine": self.engine.model_dump(exclude={"tensorboard",
+                                                                              "checkpoint_every_steps"})}
+        return sha256_json({"settings": settings, "processes": num_processes,
+                            "examples": {task: len(split) for task, split in train.items()}})
+
+
+@dataclass
+class TrainSummary:
+    best_score: float
+    best_epoch: int
+    history: list[dict]
+    seconds: float
+    stopped_early: bool = False
+    resumed_from: str | None = None
+
+
+@dataclass
+class LoopState:
+    """Where training is; saved in every checkpoint."""
+
+    epoch: int = 1  # the epoch being run, from 1
+    position: int = 0  # the next batch of this epoch's per-process plan
+    step: int = 0  # optimiser steps done
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best
+    loss_sum: float = 0.0  # over this epoch's batches so far
+    loss_batches: int = 0
+    seconds: float = 0.0  # training time before this process started (a resumed run)
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """An Accelerator on the GPU when there is one (as distill.core.processes); mixed precision only there."""
+    cpu = not torch.cuda.is_available()
+    if cpu and mixed_precision != "no":
+        log.info("training.mixed_precision %s is ignored on CPU; training in fp32", mixed_precision)
+        mixed_precision = "no"
+    # each batch uses one task's head only, so DDP must expect parameters without gradients
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+
+
+def make_optimizer(groups: list[dict[str, Any]], learning_rate: float) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel (one pass over every parameter: ~5x faster steps than the per-tensor
+    loop on CPU, measured on a 6M-parameter student) where the parameters' device and dtype allow it."""
+    try:
+        return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
+    except RuntimeError:
+        return torch.optim.AdamW(groups, lr=learning_rate)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a CUDA or CPU allocation failure."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
