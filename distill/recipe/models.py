@@ -47,8 +47,9 @@ class LoraSpec(Strict):
     r: int = Field(default=8, gt=0, description="adapter rank")
     alpha: float = Field(default=16, gt=0, description="adapter scale numerator (scale = alpha / r)")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout on the adapter input")
-    target_modules: list[str] = Field(default=["query", "key", "value", "dense"],
-                                      description="names of the Linear modules that get adapters")
+    target_modules: list[str] | None = Field(
+        default=None, description="names of the Linear modules that get adapters; default: the family's attention "
+                                  "and FFN projections (BERT: query, key, value, dense)")
     base_bits: Literal[8, 4] | None = Field(
         default=None, description="hold the frozen base weights in bitsandbytes int8 or nf4 (QLoRA style)")
 

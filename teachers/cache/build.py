@@ -26,7 +26,6 @@ from distill.core.progress import progress
 from distill.data.batching import eval_batches, pad_batch
 from distill.data.tasks import EncodedSplit, TaskData
 from distill.model.attention import capture_qkv
-from distill.model.encoder import layer_list
 from distill.model.layer_numbers import normalise_attention_layers, normalise_layers
 from distill.model.multitask import MultiTaskModel
 from teachers.cache.key import cache_key_inputs, model_file_hashes
@@ -101,8 +100,7 @@ class TaskTeacher:
     """One task's teacher as the runner drives it: logits in the task's label order, and hidden states."""
 
     def __init__(self, model: nn.Module, encoder: nn.Module, task: str, order: list[int] | None = None):
-        self.model, self.task, self.order = model, task, order
-        self.layers: nn.ModuleList = layer_list(encoder)
+        self.model, self.encoder, self.task, self.order = model, encoder, task, order
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  hidden: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
@@ -267,7 +265,7 @@ def _run_shard(teacher: TaskTeacher, job: _ShardJob, contents: _Contents) -> dic
     logits: list = [None] * job.count
     hidden: dict[int, list] = {layer: [None] * job.count for layer in layers}
     qkv: dict[int, list[list]] = {layer: [[None] * job.count for _ in QKV_PARTS] for layer in attention}
-    with torch.inference_mode(), capture_qkv(teacher.layers, attention) as captured:
+    with torch.inference_mode(), capture_qkv(teacher.encoder, attention) as captured:
         for indices in eval_batches(sub, contents.batch_size):
             batch = pad_batch(name, sub, indices, contents.pad_id)
             task_logits, states = teacher(torch.from_numpy(batch.input_ids).to(device),

@@ -12,7 +12,6 @@ import torch
 from distill.data.batching import pad_batch
 from distill.data.tasks import TaskData
 from distill.model.attention import capture_qkv
-from distill.model.encoder import layer_list
 from distill.model.multitask import MultiTaskModel
 from teachers.cache.store import TeacherTargets
 
@@ -27,7 +26,6 @@ class OnlineTeacher:
         self.splits = {(t.info.name, name): split for t in tasks for name, split in t.encoded.items()}
         self.pad_id = pad_id
         self.hidden_layers = list(range(teacher.num_layers + 1))
-        self._layers = layer_list(teacher.encoder)
 
     def targets(self, task: str, split: str, indices: np.ndarray, width: int, token_level: bool,
                 layers: list[int], qkv_layers: list[int] = ()) -> TeacherTargets:
@@ -37,7 +35,7 @@ class OnlineTeacher:
         input_ids = torch.from_numpy(np.pad(batch.input_ids, ((0, 0), (0, extra)), constant_values=self.pad_id))
         mask = torch.from_numpy(np.pad(batch.attention_mask, ((0, 0), (0, extra))))
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        with torch.inference_mode(), capture_qkv(self._layers, list(qkv_layers)) as captured:
+        with torch.inference_mode(), capture_qkv(self.teacher.encoder, list(qkv_layers)) as captured:
             out = self.teacher(input_ids, mask, task=task, output_hidden_states=bool(layers))
         # Padding is zeroed like the cache's; the products also turn inference tensors into normal ones.
         real = mask[..., None].float()
