@@ -1,6 +1,6 @@
 """What the teacher cache saves: the same students distilled from the cache and from the online teacher.
 
-    python -m benchmarks.cache_vs_online RUN_DIR (--demo [--quick] | --recipe RECIPE.yaml)
+    python -m benchmarks.cache_vs_online RUN_DIR (--demo [--quick | --base] | --recipe RECIPE.yaml)
         [--students A B C] [--epochs E] [--out DIR]
 
 Side by side in one process, on a finished run's teacher (used as is): a sweep of the named students (default:
@@ -94,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no student(s) {unknown} in the recipe")
     out = args.out or args.run_dir / "cache-vs-online"
     teacher_dir = run_teacher_dir(recipe, args.run_dir)
-    # a fresh, empty teacher cache (the demo's data wheels are shared), so the cached sweep pays its build
+    # a fresh, empty teacher cache (the demo's downloads are shared), so the cached sweep pays its build
     fresh = out / "distill-cache"
     (fresh).mkdir(parents=True, exist_ok=True)
-    wheels = cache_dir() / "wheels"
-    if wheels.is_dir() and not (fresh / "wheels").exists():
-        (fresh / "wheels").symlink_to(wheels.resolve(), target_is_directory=True)
+    for shared in ("wheels", "models"):  # the demo's data and model downloads
+        source = cache_dir() / shared
+        if source.is_dir() and not (fresh / shared).exists():
+            (fresh / shared).symlink_to(source.resolve(), target_is_directory=True)
     os.environ["DISTILL_CACHE_DIR"] = str(fresh)
     state = prepare(recipe, out / "data")
     rows: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in students}

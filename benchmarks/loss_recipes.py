@@ -1,6 +1,6 @@
 """Train the same student with four loss recipes on a finished run's teacher and compare them.
 
-    python -m benchmarks.loss_recipes RUN_DIR (--demo [--quick] | --recipe RECIPE.yaml) [--layers 2]
+    python -m benchmarks.loss_recipes RUN_DIR (--demo [--quick | --base] | --recipe RECIPE.yaml) [--layers 2]
         [--epochs E] [--source cache|online] [--out DIR]
 
 The recipes, each with the run recipe's epochs, temperature, optimiser and layer map (α = alpha, β =

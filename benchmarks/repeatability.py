@@ -1,6 +1,6 @@
 """Run the bench stage of a finished run several times and compare the latency medians.
 
-    python -m benchmarks.repeatability RUN_DIR (--demo [--quick] | --recipe RECIPE.yaml) [--runs 2]
+    python -m benchmarks.repeatability RUN_DIR (--demo [--quick | --base] | --recipe RECIPE.yaml) [--runs 2]
 
 Prints one row per model (p50 of each run and the largest relative spread) and saves
 RUN_DIR/repeatability/summary.json; each run's full report goes to RUN_DIR/repeatability/run-N/.

@@ -10,18 +10,19 @@ from distill.recipe import Recipe, load_recipe
 
 
 def add_run_args(parser: argparse.ArgumentParser, run_help: str) -> None:
-    """RUN_DIR, and --recipe or --demo [--quick]."""
+    """RUN_DIR, and --recipe or --demo [--quick | --base]."""
     parser.add_argument("run_dir", type=Path, help=run_help)
     parser.add_argument("--recipe", type=Path, help="the recipe the run used")
     parser.add_argument("--demo", action="store_true", help="the run was `distill demo`")
     parser.add_argument("--quick", action="store_true", help="... with --quick")
+    parser.add_argument("--base", action="store_true", help="... with --base (the base-size demo)")
 
 
 def run_recipe_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Recipe:
     """The recipe the arguments name (an argparse error when neither --demo nor --recipe is given)."""
     if not args.demo and args.recipe is None:
         parser.error("give --demo or --recipe RECIPE")
-    return demo_recipe(args.quick) if args.demo else load_recipe(args.recipe)
+    return demo_recipe(args.quick, args.base) if args.demo else load_recipe(args.recipe)
 
 
 def run_teacher_dir(recipe: Recipe, run_dir: Path) -> Path:

@@ -24,7 +24,7 @@ from distill.core.int8_presets import configured_preset
 from distill.data.evaluation import predict, torch_forward
 from distill.data.metrics import mean_score, score
 from distill.data.tasks import EncodedSplit, TaskData
-from distill.model.encoder import config_value, set_config_value
+from distill.model.encoder import anatomy, config_value, set_config_value
 from distill.model.multitask import MultiTaskModel
 from distill.recipe import Recipe, StudentSpec
 from students.hidden import hidden_covariance, narrow_hidden, projection
@@ -114,6 +114,8 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
     where = f"students.{spec.name}"
     pad_id = int(tokenizer.pad_token_id or 0)
     teacher = MultiTaskModel.load(teacher_dir, recipe.teacher.trust_remote_code)
+    if spec.prunes or spec.hidden_size is not None or (spec.lora is not None and spec.lora.target_modules is None):
+        anatomy(teacher.encoder, where)  # what takes the encoder apart needs to know its family
     keep = pick_layers(spec.layers, teacher.num_layers, spec.layer_strategy)
     details: dict[str, Any] = {"layer_strategy": spec.layer_strategy if isinstance(spec.layers, int) else None}
     random_init = spec.hidden_size is not None and spec.hidden_init == "random"

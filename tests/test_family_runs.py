@@ -130,3 +130,57 @@ def test_vocabulary_pruning_of_a_unigram_tokenizer_is_refused_before_training(tm
     with pytest.raises(DistillInputError, match=r"students\.v\.vocab: vocabulary pruning needs a WordPiece or BPE"):
         run_recipe(load_recipe(path), tmp_path / "out")
     assert not (tmp_path / "out" / "students" / "v").exists()
+
+
+def test_a_family_outside_the_anatomy_drops_layers_and_refuses_the_rest_in_one_line(tmp_path, capsys):
+    from transformers import ErnieConfig, ErnieModel
+
+    from distill.cli import main
+
+    base = tmp_path / "base"
+    base.mkdir()
+    tokenizer = save_tokenizer("wordpiece", base)
+    torch.manual_seed(0)
+    ErnieModel(ErnieConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=64)).save_pretrained(base)
+    recipe = tiny_recipe_dict(base, write_tiny_data(tmp_path / "data", n=40))
+    recipe["teacher"]["epochs"] = 1
+    recipe["students"] = [{"name": "dropped", "layers": 1}, {"name": "pruned", "layers": 1, "ffn": 32}]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(path), "--out", str(tmp_path / "out"), "--student", "dropped"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(path), "--out", str(tmp_path / "out"), "--student", "pruned"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("distill: error: students.pruned: model_type 'ernie' is not a family") and "\n" not in error
+
+
+@pytest.mark.parametrize("model_type", list(TOKENIZERS))
+def test_per_task_checkpoints_of_every_family_become_an_int8_student(model_type, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    tokenizer_dir = tmp_path / "tokenizer"
+    tokenizer_dir.mkdir()
+    tokenizer = save_tokenizer(TOKENIZERS[model_type], tokenizer_dir)
+    checkpoints = {}
+    for seed, (task, auto, labels) in enumerate((("sentiment", AutoModelForSequenceClassification, ["pos", "neg"]),
+                                                 ("ner", AutoModelForTokenClassification, ["O", "B-loc", "B-per"]))):
+        config = tiny_config(model_type)
+        config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
+        config.id2label, config.label2id = dict(enumerate(labels)), {label: i for i, label in enumerate(labels)}
+        torch.manual_seed(seed)
+        directory = tmp_path / task
+        auto.from_config(config).save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        checkpoints[task] = str(directory)
+    recipe = tiny_recipe_dict(tokenizer_dir, write_tiny_data(tmp_path / "data", n=60))
+    recipe["teacher"] = {"per_task": checkpoints}
+    recipe["students"] = [{"name": "s", "layers": 1}]
+    recipe["export"] = {"quantization": ["dynamic"]}
+    recipe["bench"] = {"batch_sizes": [1], "seq_len": 16, "repeats": 2, "warmup": 1, "rounds": 1}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run_recipe(load_recipe(path), tmp_path / "out")
+    assert read_json(tmp_path / "out" / "artifacts" / "s" / "manifest.json")["checks"]["fp32_max_abs_diff"] <= 1e-4
+    [result] = Predictor(tmp_path / "out" / "artifacts" / "s").predict(["bob saw a dull film in rome"])
+    assert result["sentiment"]["label"] in ("pos", "neg")
