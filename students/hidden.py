@@ -105,7 +105,7 @@ def narrow_hidden(model: MultiTaskModel, width: int, project: torch.Tensor, head
         relative.weight = nn.Parameter(relative.weight.detach()[:, chosen[0]].clone())
     elif isinstance(relative, nn.Embedding) and relative.embedding_dim == hidden:
         relative.weight = nn.Parameter(relative.weight.detach() @ project)
-        _narrow_norm(encoder, "encoder.LayerNorm", project)  # DeBERTa's norm of the relative embeddings
+        _narrow_norm(encoder, family.relative_norm, project)
     _narrow_norm(encoder, family.final_norm, project)
     pooler = getattr(encoder, "pooler", None)
     if pooler is not None and isinstance(getattr(pooler, "dense", None), nn.Linear):

@@ -58,6 +58,7 @@ class Anatomy:
     final_norm: str | None = None
     # a relative-position table every layer reads (its columns are heads, or its rows hidden units)
     relative_positions: str | None = None
+    relative_norm: str | None = None  # a norm of that table (DeBERTa's)
     # softmax(QKᵀ/√d) of the projections is the attention (no relative-position scores or rotary added after)
     attention_from_qk: bool = True
     config: ConfigKeys = field(default_factory=ConfigKeys)
@@ -85,7 +86,7 @@ FAMILIES = (
             attention_from_qk=False),
     Anatomy("DeBERTa-v2", ("deberta-v2",), query="attention.self.query_proj", key="attention.self.key_proj",
             value="attention.self.value_proj", embedding_projection="embeddings.embed_proj",
-            relative_positions="encoder.rel_embeddings", attention_from_qk=False),
+            relative_positions="encoder.rel_embeddings", relative_norm="encoder.LayerNorm", attention_from_qk=False),
     Anatomy("ModernBERT", ("modernbert",), layers="layers", query=None, key=None, value=None,
             fused_qkv="attn.Wqkv", attention="attn", attention_output="attn.Wo", attention_norm="attn_norm",
             ffn_in="mlp.Wi", ffn_out="mlp.Wo", ffn_norm="mlp_norm", ffn_glu=True,
