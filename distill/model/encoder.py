@@ -42,7 +42,6 @@ class Anatomy:
     key: str | None = "attention.self.key"
     value: str | None = "attention.self.value"
     fused_qkv: str | None = None
-    attention: str = "attention.self"  # the module that holds the head count
     attention_output: str = "attention.output.dense"
     attention_norm: str | None = "attention.output.LayerNorm"
     ffn_in: str = "intermediate.dense"
@@ -76,19 +75,19 @@ FAMILIES = (
     Anatomy("RoBERTa", ("roberta", "xlm-roberta", "camembert")),
     Anatomy("ELECTRA", ("electra",), embedding_projection="embeddings_project"),
     Anatomy("DistilBERT", ("distilbert",), layers="transformer.layer", query="attention.q_lin",
-            key="attention.k_lin", value="attention.v_lin", attention="attention",
-            attention_output="attention.out_lin", attention_norm="sa_layer_norm", ffn_in="ffn.lin1",
-            ffn_out="ffn.lin2", ffn_norm="output_layer_norm", token_type_embeddings=None,
+            key="attention.k_lin", value="attention.v_lin", attention_output="attention.out_lin",
+            attention_norm="sa_layer_norm", ffn_in="ffn.lin1", ffn_out="ffn.lin2", ffn_norm="output_layer_norm",
+            token_type_embeddings=None,
             config=ConfigKeys(layers="n_layers", heads="n_heads", hidden="dim", ffn="hidden_dim")),
     Anatomy("MPNet", ("mpnet",), query="attention.attn.q", key="attention.attn.k", value="attention.attn.v",
-            attention="attention.attn", attention_output="attention.attn.o", attention_norm="attention.LayerNorm",
+            attention_output="attention.attn.o", attention_norm="attention.LayerNorm",
             token_type_embeddings=None, relative_positions="encoder.relative_attention_bias",
             attention_from_qk=False),
     Anatomy("DeBERTa-v2", ("deberta-v2",), query="attention.self.query_proj", key="attention.self.key_proj",
             value="attention.self.value_proj", embedding_projection="embeddings.embed_proj",
             relative_positions="encoder.rel_embeddings", relative_norm="encoder.LayerNorm", attention_from_qk=False),
     Anatomy("ModernBERT", ("modernbert",), layers="layers", query=None, key=None, value=None,
-            fused_qkv="attn.Wqkv", attention="attn", attention_output="attn.Wo", attention_norm="attn_norm",
+            fused_qkv="attn.Wqkv", attention_output="attn.Wo", attention_norm="attn_norm",
             ffn_in="mlp.Wi", ffn_out="mlp.Wo", ffn_norm="mlp_norm", ffn_glu=True,
             word_embeddings="embeddings.tok_embeddings", position_embeddings=None, token_type_embeddings=None,
             embedding_norm="embeddings.norm", final_norm="final_norm", attention_from_qk=False),
@@ -194,14 +193,6 @@ def attention_projections(encoder: nn.Module, layer: nn.Module) -> list[nn.Modul
         raise DistillInputError(f"cannot find the query/key/value projections ({', '.join(paths)}) in a "
                                 f"{type(layer).__name__}")
     return found
-
-
-def word_embeddings(encoder: nn.Module, stage: str) -> nn.Embedding:
-    """The encoder's word-embedding table."""
-    table = encoder.get_input_embeddings()
-    if not isinstance(table, nn.Embedding):
-        raise DistillInputError(f"{stage}: a {type(encoder).__name__} encoder has no word-embedding table")
-    return table
 
 
 def rebuilt(encoder: nn.Module, drop_unexpected: bool = False) -> nn.Module:
