@@ -18,7 +18,7 @@ from distill.core.progress import progress
 from distill.data.evaluation import ForwardFn, evaluate, primary_scores, torch_forward
 from distill.data.metrics import mean_score
 from distill.data.tasks import TaskData
-from distill.model.encoder import ConfigKeys, config_value, find_anatomy, head_size
+from distill.model.encoder import config_value, find_anatomy, head_size
 from distill.model.multitask import MultiTaskModel
 from distill.recipe import BenchSpec
 from distill.runtime import OnnxForward, model_files
@@ -65,7 +65,7 @@ def flops_estimate(model_dir: Path, seq_len: int) -> float:
     config = SimpleNamespace(**read_json(model_dir / "config.json"))
     hidden, layers = config_value(config, "hidden"), config_value(config, "layers")
     family = find_anatomy(config)
-    ffn = int(getattr(config, (family.config if family else ConfigKeys()).ffn, 4 * hidden))
+    ffn = config_value(config, "ffn", default=4 * hidden)
     ffn_matrices = 3 if family and family.ffn_glu else 2
     heads, size = config_value(config, "heads"), head_size(config)
     pruned = getattr(config, "pruned_heads", None) or {}

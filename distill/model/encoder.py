@@ -133,11 +133,12 @@ def set_part(owner: nn.Module, path: str, module: nn.Module) -> None:
     setattr(owner.get_submodule(parent) if parent else owner, name, module)
 
 
-def config_value(config: object, key: str) -> int:
-    """One of a config's sizes, by its common name (layers, heads, hidden, ffn), whatever the family calls it."""
+def config_value(config: object, key: str, default: int | None = None) -> int:
+    """One of a config's sizes, by its common name (layers, heads, hidden, ffn), whatever the family calls it;
+    `default` when the config does not hold it."""
     family = find_anatomy(config)
     name = getattr(family.config if family else ConfigKeys(), key)
-    return int(getattr(config, name))
+    return int(getattr(config, name) if default is None else getattr(config, name, default))
 
 
 def set_config_value(config: object, key: str, value: int) -> None:
