@@ -70,6 +70,19 @@ def test_int8_session_runs(trained_run):
     assert forward("ner", ids, np.ones_like(ids)).shape[:2] == (1, 4)
 
 
+def test_bench_sessions_do_not_spin_between_runs(trained_run):
+    """Every model's session stays open while the bench times the others: spinning threads would steal cores."""
+    from distill.bench.measure import ModelEntry, model_forward
+
+    artifact = trained_run / "out" / "artifacts" / "s2"
+    entry = ModelEntry("s2", "student", "onnx-int8", artifact, trained_run / "out" / "students" / "s2", 0)
+    options = model_forward(entry, threads=1).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    default = OnnxForward(artifact / "model.int8.onnx", threads=1).session.get_session_options()
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # not set: onnxruntime's default, spinning
+        default.get_session_config_entry("session.intra_op.allow_spinning")
+
+
 def test_int8_preset_follows_the_isa():
     from distill.core.int8_presets import int8_preset
 
