@@ -27,4 +27,6 @@ def run_recipe_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 def run_teacher_dir(recipe: Recipe, run_dir: Path) -> Path:
     """The run's teacher: the recipe's given teacher, or the one the run fine-tuned."""
-    return Path(recipe.resolve(recipe.teacher.path)) if recipe.teacher.path else run_dir / "teacher"
+    if recipe.teacher.path:
+        return Path(recipe.resolve(recipe.teacher.path, "teacher.path", hub=False))
+    return run_dir / "teacher"

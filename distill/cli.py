@@ -23,6 +23,10 @@ BEST_RULE = ("(the best student: the smallest student on the Pareto front whose 
              "or the smallest on the front without it; when none meets it, the student with the highest score)")
 
 
+NO_VERIFY_HELP = ("skip comparing the artifacts' files with the sha256 in their manifest.json (for an artifact "
+                  "changed on purpose)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Compress a multi-task transformer for the edge.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -30,10 +34,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run every stage of a recipe (skips stages whose inputs are unchanged)")
     _recipe_args(run)
+    run.add_argument("--no-verify", action="store_true", help=NO_VERIFY_HELP)
 
     sweep = sub.add_parser("sweep", help="train, export and benchmark every student of a recipe; print the "
                            "students sorted by size with the Pareto front, and the best student")
     _recipe_args(sweep)
+    sweep.add_argument("--no-verify", action="store_true", help=NO_VERIFY_HELP)
     sweep.add_argument("--min-retention", type=float, help=f"the retention the best student must keep {BEST_RULE}")
 
     demo = sub.add_parser("demo", help="run the built-in offline demo recipe")
@@ -44,11 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="rerun every stage even when its inputs are unchanged")
     _resume_arg(demo)
 
+    check = sub.add_parser("check", help="check a recipe and everything it names (teacher, data, students' shapes) "
+                           "without running or writing anything")
+    check.add_argument("recipe", type=Path, help="recipe YAML file")
+
     for stage, text in STAGE_HELP.items():
         cmd = sub.add_parser(stage, help=f"{text} (and the stages before it)")
         _recipe_args(cmd)
         if stage == "train":
             cmd.add_argument("--student", action="append", help="train only this student (repeatable)")
+        if stage == "bench":
+            cmd.add_argument("--no-verify", action="store_true", help=NO_VERIFY_HELP)
         if stage == "cache":
             cmd.add_argument("--json", action="store_true",
                              help="print run.json plus the cache entry (DIR/cache.json) as JSON, not a summary")
@@ -63,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                          "fp32 and static int8)")
     predict.add_argument("--task", action="append", dest="tasks", metavar="NAME",
                          help="only this task (repeatable; default: every task of the artifact)")
+    predict.add_argument("--no-verify", action="store_true", help=NO_VERIFY_HELP)
 
     compare = sub.add_parser("compare", help="print what changed between two reports")
     compare.add_argument("a", type=Path, help="the earlier report.json")
@@ -97,12 +110,21 @@ def _main(args: argparse.Namespace) -> int:
 
         if not (args.artifact / "manifest.json").is_file():
             raise DistillInputError(f"{args.artifact}: not an artifact directory (no manifest.json)")
-        try:
-            predictor = Predictor(args.artifact, precision=args.precision, threads=args.threads,
-                                  batch_size=args.batch_size, tasks=args.tasks)
-        except ValueError as exc:
-            raise DistillInputError(str(exc)) from exc
+        predictor = Predictor(args.artifact, precision=args.precision, threads=args.threads,
+                              batch_size=args.batch_size, tasks=args.tasks, verify=not args.no_verify)
         print(json.dumps(predictor.predict(args.texts), indent=2, ensure_ascii=False))
+        return 0
+    if args.command == "check":
+        from distill.pipeline import check_inputs
+        from distill.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        _, tasks = check_inputs(recipe)
+        for task in tasks:
+            sizes = ", ".join(f"{name} {len(split)}" for name, split in task.encoded.items())
+            print(f"task {task.info.name} ({task.info.type}, {len(task.info.labels)} labels): {sizes}")
+        print(f"students: {', '.join(s.name for s in recipe.students)}")
+        print(f"{args.recipe}: ok")
         return 0
     if args.command == "compare":
         from distill.bench.compare import compare_reports
@@ -121,7 +143,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "demo":
         result = api.run_demo(args.out, quick=args.quick, force=args.force, resume=args.resume, base=args.base)
     elif args.command == "sweep":
-        run = api.run_recipe(api.load_recipe(args.recipe), args.out, force=args.force, resume=args.resume)
+        run = api.run_recipe(api.load_recipe(args.recipe), args.out, force=args.force, resume=args.resume,
+                             verify=not args.no_verify)
         if is_main_process():
             print(json.dumps(run, indent=2))
             from distill.bench.report import render_sweep_summary
@@ -135,7 +158,7 @@ def _main(args: argparse.Namespace) -> int:
         recipe = api.load_recipe(args.recipe)
         force = args.force if args.command == "run" else (until if args.force else False)
         result = api.run_recipe(recipe, args.out, until=until, students=getattr(args, "student", None), force=force,
-                                resume=args.resume)
+                                resume=args.resume, verify=not getattr(args, "no_verify", False))
     if not is_main_process():  # under torchrun / accelerate launch: the main process prints
         return 0
     cache = Path(args.out) / "cache.json"

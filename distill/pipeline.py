@@ -42,6 +42,7 @@ class RunState:
     out_dir: Path
     force: bool | str = False
     resume: bool = False
+    verify: bool = True  # bench: compare each artifact's files with its manifest's sha256 first
     tasks: list[TaskData] = field(default_factory=list)
     tokenizer: Any = None
     teacher_dir: Path | None = None
@@ -57,20 +58,21 @@ class RunState:
         return int(self.tokenizer.pad_token_id or 0)
 
     def run_stage(self, name: str, input_hash: str | None, outputs: list[Path], body: Callable[[], object],
-                  every_process: bool = False) -> None:
+                  every_process: bool = False, intact: Callable[[], bool] | None = None) -> None:
         """Run `body` unless a record says it already ran on the same inputs and its outputs exist.
 
         With `input_hash` None the body always runs and says itself whether it found its result already made
         (returns True: a content-addressed cache hit). Under several processes (torchrun, accelerate launch)
         only the main one runs the body, unless `every_process` (training); every process waits for the stage
-        to end, and only the main one writes records."""
+        to end, and only the main one writes records. `intact`, when given, also has to say the outputs are
+        unchanged for the stage to count as done."""
         main = is_main_process()
         record_path = self.out_dir / STATE_DIR / "stages" / f"{name.replace(':', '-')}.json"
         started = time.perf_counter()
         record = read_json(record_path) if record_path.is_file() else {}
         forced = self.force is True or self.force == name.split(":")[0]
         if input_hash is not None and not forced and record.get("input_hash") == input_hash and all(
-                p.exists() for p in outputs):
+                p.exists() for p in outputs) and (intact is None or intact()):
             status = "cached"
         else:
             log.info("stage %s: running", name)
@@ -97,7 +99,9 @@ def _per_task_checkpoints(recipe: Recipe) -> dict[str, Path]:
     from teachers.per_task import resolve_checkpoint
 
     assert recipe.teacher.per_task is not None
-    return {t.name: resolve_checkpoint(recipe.resolve(recipe.teacher.per_task[t.name])) for t in recipe.tasks}
+    per_task = recipe.teacher.per_task
+    return {t.name: resolve_checkpoint(recipe.resolve(per_task[t.name], f"teacher.per_task.{t.name}"))
+            for t in recipe.tasks}
 
 
 def _teacher_source(recipe: Recipe) -> Path | str:
@@ -106,25 +110,59 @@ def _teacher_source(recipe: Recipe) -> Path | str:
     if spec.per_task:
         return next(iter(_per_task_checkpoints(recipe).values()))
     if spec.path:
-        path = Path(recipe.resolve(spec.path))
-        if not path.is_dir():
-            raise DistillInputError(f"teacher.path: {path} does not exist")
+        from distill.model.multitask import HEADS_FILE, TASKS_FILE
+
+        path = Path(recipe.resolve(spec.path, "teacher.path", hub=False))
+        missing = [name for name in ("config.json", HEADS_FILE, TASKS_FILE) if not (path / name).is_file()]
+        if missing:
+            raise DistillInputError(f"teacher.path: {path} is not a teacher saved by distill (no "
+                                    f"{', '.join(missing)}); give a fine-tuned model as teacher.base_model or "
+                                    "teacher.per_task instead")
         return path
     assert spec.base_model is not None
     if spec.base_model.startswith("demo:"):
         return demo_model_path(spec.base_model)
-    return recipe.resolve(spec.base_model)
+    return recipe.resolve(spec.base_model, "teacher.base_model")
+
+
+def check_inputs(recipe: Recipe, out_dir: Path | None = None) -> tuple[Any, list[TaskData]]:
+    """Everything a run reads from the user, checked without writing anything: the output directory, the
+    teacher (or per-task checkpoints) and its tokenizer, the students' shapes against it, and every task's
+    data (read, split, labels checked, tokenised). Returns the tokenizer and the encoded tasks."""
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise DistillInputError(f"--out: {out_dir} is a file; give a directory (new, or one of an earlier run)")
+    source = _teacher_source(recipe)
+    tokenizer = load_tokenizer(source, recipe.teacher.trust_remote_code)
+    _check_student_shapes(recipe, source)
+    tasks = load_tasks(recipe)
+    if recipe.teacher.per_task:
+        from teachers.per_task import check_per_task
+
+        check_per_task(_per_task_checkpoints(recipe), tasks, recipe.teacher.trust_remote_code)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    return tokenizer, tasks
 
 
 def prepare(recipe: Recipe, out_dir: Path, force: bool | str = False, resume: bool = False) -> RunState:
-    """Load and tokenise the data, and set up the run state."""
+    """Check the inputs (`check_inputs`: nothing is written before they pass) and set up the run state."""
+    tokenizer, tasks = check_inputs(recipe, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(recipe, out_dir, force, resume)
-    source = _teacher_source(recipe)
-    state.tokenizer = load_tokenizer(source, recipe.teacher.trust_remote_code)
-    state.tasks = load_tasks(recipe)
-    encode_tasks(state.tasks, state.tokenizer, recipe.max_length)
+    state.tokenizer, state.tasks = tokenizer, tasks
     return state
+
+
+def _check_student_shapes(recipe: Recipe, source: Path | str) -> None:
+    from transformers import AutoConfig
+
+    from students.build import check_student_shape
+
+    try:
+        config = AutoConfig.from_pretrained(str(source), trust_remote_code=recipe.teacher.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise DistillInputError(f"{source}: no readable config.json: {exc}".replace("\n", " ")) from exc
+    for spec in recipe.students:
+        check_student_shape(spec, config)
 
 
 def stage_teacher(state: RunState) -> None:
@@ -151,12 +189,12 @@ def stage_teacher(state: RunState) -> None:
 
 
 def _stage_per_task_teacher(state: RunState) -> None:
-    """Check the per-task checkpoints; save the students' starting point (first encoder + heads) as the teacher."""
-    from teachers.per_task import assemble_init_model, check_per_task
+    """Save the students' starting point (first encoder + heads) as the teacher (`prepare` checked the
+    checkpoints)."""
+    from teachers.per_task import assemble_init_model
 
     recipe = state.recipe
     checkpoints = _per_task_checkpoints(recipe)
-    check_per_task(checkpoints, state.tasks, recipe.teacher.trust_remote_code)
     state.teacher_checkpoints = checkpoints
     inputs = per_task_hash_inputs(recipe, checkpoints, state.tasks)
     state.run_stage("teacher", sha256_json(inputs), [state.teacher_dir / "heads.safetensors"],
@@ -270,7 +308,20 @@ def stage_export(state: RunState) -> None:
         tasks, pad_id = student_inputs(model_dir, state.tasks, state.pad_id)
         state.run_stage(f"export:{name}", sha256_json(inputs), [directory / "manifest.json"],
                         lambda model_dir=model_dir, directory=directory, tasks=tasks, pad_id=pad_id: export_artifact(
-                            model_dir, directory, tasks, recipe.export, recipe.max_length, pad_id))
+                            model_dir, directory, tasks, recipe.export, recipe.max_length, pad_id),
+                        intact=lambda directory=directory: _artifact_intact(directory))
+
+
+def _artifact_intact(directory: Path) -> bool:
+    """Whether an artifact's files are still the ones its manifest records; a changed one is exported again."""
+    from distill.core.manifest import verify_artifact
+
+    try:
+        verify_artifact(directory)
+    except DistillInputError as exc:
+        log.warning("%s; exporting it again", exc)
+        return False
+    return True
 
 
 def stage_bench(state: RunState) -> None:
@@ -280,6 +331,11 @@ def stage_bench(state: RunState) -> None:
     inputs = bench_hash_inputs(recipe, state.artifacts, state.teacher_dir, state.tasks)
 
     def body() -> None:
+        from distill.core.manifest import verify_artifact
+
+        if state.verify:
+            for directory in state.artifacts.values():
+                verify_artifact(directory)
         models = {"teacher": state.teacher_dir, **state.student_dirs}
         entries = model_entries(state.teacher_dir, state.artifacts, models)
         run_benchmarks(state.tasks, entries, recipe.bench, state.pad_id, state.out_dir)
@@ -288,17 +344,19 @@ def stage_bench(state: RunState) -> None:
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, until: str = "bench", students: list[str] | None = None,
-               force: bool | str = False, resume: bool = False) -> dict:
+               force: bool | str = False, resume: bool = False, verify: bool = True) -> dict:
     """Run the stages of `recipe` up to and including `until`; returns the content of run.json.
 
     `force=True` reruns every stage; a stage name (e.g. "bench") reruns only that stage. `resume=True`
-    continues an interrupted teacher or student training from its newest checkpoint."""
+    continues an interrupted teacher or student training from its newest checkpoint. `verify=False` lets the
+    bench measure artifacts whose files no longer match their manifest's sha256."""
     if until not in STAGES:
         raise DistillInputError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
     unknown = set(students or []) - {s.name for s in recipe.students}
     if unknown:
         raise DistillInputError(f"--student: no student named {sorted(unknown)} in the recipe")
     state = prepare(recipe, Path(out_dir), force, resume)
+    state.verify = verify
     last = STAGES.index(until)
     stage_teacher(state)
     if last >= 1:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from distill.core.errors import DistillInputError
+from distill.core.manifest import ArtifactManifest, read_manifest, read_tasks, verify_files
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int8-static": "model.int8-static.onnx"}
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -28,9 +30,8 @@ def task_file(precision: str, task: str) -> str:
 def model_files(directory: Path, precision: str) -> dict[str, Path] | Path | None:
     """An artifact's ONNX file of one precision (one graph), or {task: file} (one graph per task), or None."""
     directory = Path(directory)
-    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-    if manifest.get("graphs", "combined") == "per_task":
-        tasks = [t["name"] for t in json.loads((directory / "tasks.json").read_text(encoding="utf-8"))["tasks"]]
+    if read_manifest(directory).graphs == "per_task":
+        tasks = [t["name"] for t in read_tasks(directory)]
         files = {task: directory / task_file(precision, task) for task in tasks}
         return files if all(f.is_file() for f in files.values()) else None
     file = directory / MODEL_FILES[precision]
@@ -56,7 +57,11 @@ def open_session(path: Path, threads: int | None = None, optimization_level: str
     options.inter_op_num_threads = 1
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's errors (InvalidProtobuf, Fail, NoSuchFile) share no useful base
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistillInputError(f"{path}: onnxruntime cannot load this model ({reason}); export it again") from exc
 
 
 class OnnxForward:
@@ -87,13 +92,13 @@ class OnnxForward:
         return [session.run(None, feeds)[0] for session in self.sessions.values()]
 
 
-def checked_batch_size(manifest: dict[str, Any], precision: str) -> int:
+def checked_batch_size(manifest: ArtifactManifest, precision: str) -> int:
     """The default batch size: for dynamic int8, the one the exporter checked it at (its activation scales span
     the batch, so its labels depend on it); 16 for fp32 and static int8 (fixed scales), and for manifests
     written before the exporter recorded it."""
     if precision != "int8":
         return DEFAULT_BATCH_SIZE
-    checks = manifest.get("checks", {}).get("int8", {}).get("dynamic", {})
+    checks = manifest.checks.get("int8", {}).get("dynamic", {})
     return int(checks.get("batch_size", DEFAULT_BATCH_SIZE))
 
 
@@ -101,40 +106,58 @@ class Predictor:
     """Per-task predictions for raw texts from an artifact directory (label + score, or entity spans).
 
     `batch_size` defaults to the one the export checked a dynamic int8 model at (`checks.int8.dynamic.batch_size`,
-    1 unless `export.check_batch_size` says otherwise; see `checked_batch_size`), and to 16 otherwise."""
+    1 unless `export.check_batch_size` says otherwise; see `checked_batch_size`), and to 16 otherwise.
+
+    Before anything runs, manifest.json and tasks.json are read through their schemas and the files used
+    (graphs, tokenizer, tasks) are compared with the sha256 the exporter recorded; `verify=False` skips the
+    comparison, for an artifact changed on purpose. Every problem is a `DistillInputError` (a ValueError)."""
 
     def __init__(self, artifact_dir: str | Path, precision: str = "int8", threads: int | None = None,
-                 batch_size: int | None = None, tasks: list[str] | None = None):
+                 batch_size: int | None = None, tasks: list[str] | None = None, verify: bool = True):
         from tokenizers import Tokenizer
 
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+            raise DistillInputError(f"batch_size must be at least 1, not {batch_size}")
         directory = Path(artifact_dir)
-        self.tasks = json.loads((directory / "tasks.json").read_text(encoding="utf-8"))["tasks"]
+        manifest = read_manifest(directory)
+        self.tasks = read_tasks(directory)
         if tasks is not None:
             unknown = sorted(set(tasks) - {t["name"] for t in self.tasks})
             if unknown:
-                raise ValueError(f"{directory}: no task(s) {unknown}; it has {[t['name'] for t in self.tasks]}")
+                raise DistillInputError(f"{directory}: no task(s) {unknown}; it has "
+                                        f"{[t['name'] for t in self.tasks]}")
             self.tasks = [t for t in self.tasks if t["name"] in tasks]
-        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-        self.max_length = int(manifest["max_length"])
-        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_length)
+        self.max_length = manifest.max_length
         files = model_files(directory, precision) if precision in MODEL_FILES else None
         if files is None:
             have = [p for p in MODEL_FILES if model_files(directory, p) is not None]
-            raise ValueError(f"{directory}: no {precision!r} model here; this artifact has {have}")
+            raise DistillInputError(f"{directory}: no {precision!r} model here; this artifact has {have}")
         if isinstance(files, dict):
             files = {t["name"]: files[t["name"]] for t in self.tasks}
-        level = manifest.get("optimization_level", "all")
-        self.forward = OnnxForward(files, threads, level)
+        graphs = list(files.values()) if isinstance(files, dict) else [files]
+        if verify:
+            verify_files(directory, manifest, [*(p.name for p in graphs), "tokenizer.json", "tasks.json"])
+        try:
+            self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        except Exception as exc:  # the tokenizers library raises plain Exceptions for unreadable files
+            raise DistillInputError(f"{directory / 'tokenizer.json'}: not a tokenizer ({exc}); export the "
+                                    "artifact again") from exc
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.forward = OnnxForward(files, threads, manifest.optimization_level)
         self.batch_size = batch_size if batch_size is not None else checked_batch_size(manifest, precision)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """For each text, per task: {"label", "score"} (classification), [{"label", "start", "end", "text",
         "score"}] (token tagging), [{"label", "score"}] with every label scored above 0.5 (multi-label), or
         {"value"} (regression)."""
+        for k, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DistillInputError(f"text {k + 1}: {type(text).__name__}, not a string")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise DistillInputError(f"text {k + 1}: not valid UTF-8 (byte {exc.start}); give UTF-8 text") from exc
         encodings = self.tokenizer.encode_batch(list(texts))
         # batches of similar lengths: less padding, which is time, and which dynamic int8 would fold into the
         # activation scale of every text in the batch

@@ -24,7 +24,7 @@ from distill.core.int8_presets import configured_preset
 from distill.data.evaluation import predict, torch_forward
 from distill.data.metrics import mean_score, score
 from distill.data.tasks import EncodedSplit, TaskData
-from distill.model.encoder import anatomy, config_value, set_config_value
+from distill.model.encoder import anatomy, config_value, head_size, set_config_value
 from distill.model.multitask import MultiTaskModel
 from distill.recipe import Recipe, StudentSpec
 from students.hidden import hidden_covariance, narrow_hidden, projection
@@ -108,15 +108,32 @@ class StudentBuild:
             save_layer_map(tmp, self.teacher_layers, details)
 
 
+def check_student_shape(spec: StudentSpec, config: Any) -> None:
+    """Refuse, before any work, a student the teacher (its `config`) cannot give: more layers, heads or FFN
+    neurons than it has, or a hidden size that is not below its own and a multiple of its attention head size."""
+    where = f"students.{spec.name}"
+    pick_layers(spec.layers, config_value(config, "layers"), spec.layer_strategy, f"{where}.layers")
+    for key, size, name in (("heads", spec.heads, "heads"), ("ffn", spec.ffn, "ffn")):
+        have = config_value(config, name, default=0)
+        if size is not None and have and size > have:
+            raise DistillInputError(f"{where}.{key}: {size} is more than the teacher's {have}")
+    if spec.hidden_size is not None:
+        hidden, width = config_value(config, "hidden"), head_size(config)
+        if spec.hidden_size >= hidden or spec.hidden_size % width:
+            raise DistillInputError(f"{where}.hidden_size: {spec.hidden_size} must be below the teacher's hidden "
+                                    f"size {hidden} and a multiple of its attention head size {width}")
+
+
 def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teacher_dir: Path,
                   tokenizer: Any) -> StudentBuild:
     """The student `spec` describes, initialised from the teacher in `teacher_dir`."""
     where = f"students.{spec.name}"
     pad_id = int(tokenizer.pad_token_id or 0)
     teacher = MultiTaskModel.load(teacher_dir, recipe.teacher.trust_remote_code)
+    check_student_shape(spec, teacher.encoder.config)
     if spec.prunes or spec.hidden_size is not None or (spec.lora is not None and spec.lora.target_modules is None):
         anatomy(teacher.encoder, where)  # what takes the encoder apart needs to know its family
-    keep = pick_layers(spec.layers, teacher.num_layers, spec.layer_strategy)
+    keep = pick_layers(spec.layers, teacher.num_layers, spec.layer_strategy, f"{where}.layers")
     details: dict[str, Any] = {"layer_strategy": spec.layer_strategy if isinstance(spec.layers, int) else None}
     random_init = spec.hidden_size is not None and spec.hidden_init == "random"
     iterative = spec.prunes and spec.pruning.schedule == "iterative"
@@ -208,12 +225,8 @@ def _random_student(teacher: MultiTaskModel, keep: list[int], spec: StudentSpec,
     """A freshly initialised student of the narrow shape (distillation is its only teacher)."""
     config = copy.deepcopy(teacher.encoder.config)
     hidden = config_value(config, "hidden")
-    head_size = hidden // config_value(config, "heads")
-    if spec.hidden_size % head_size or spec.hidden_size >= hidden:
-        raise DistillInputError(f"students.{spec.name}.hidden_size: {spec.hidden_size} must be below the teacher's "
-                                f"{hidden} and a multiple of its attention head size {head_size}")
     set_config_value(config, "ffn", config_value(config, "ffn") * spec.hidden_size // hidden)
-    set_config_value(config, "heads", spec.hidden_size // head_size)
+    set_config_value(config, "heads", spec.hidden_size // head_size(config))
     set_config_value(config, "hidden", spec.hidden_size)
     set_config_value(config, "layers", len(keep))
     if vocab is not None:

@@ -62,7 +62,17 @@ def check_per_task(checkpoints: dict[str, Path], tasks: list[TaskData], trust_re
     configs = {}
     for task in tasks:
         path = checkpoints[task.info.name]
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if not any(path.glob("*.safetensors")):
+            pickled = sorted(p.name for p in path.glob("*.bin")) or sorted(p.name for p in path.glob("*.pt*"))
+            raise DistillInputError(
+                f"teacher.per_task.{task.info.name}: {path} has no *.safetensors weights"
+                + (f" ({', '.join(pickled)} is a pickle, which distill never loads: save the model again with "
+                   "save_pretrained(..., safe_serialization=True))" if pickled else ""))
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise DistillInputError(f"teacher.per_task.{task.info.name}: {path}: no readable config.json "
+                                    f"({exc})".replace("\n", " ")) from exc
         suffix = ARCHITECTURE_SUFFIX[task.info.type]
         if config.architectures and not any(a.endswith(suffix) for a in config.architectures):
             raise DistillInputError(f"teacher.per_task.{task.info.name}: {path} is a {config.architectures[0]}; "

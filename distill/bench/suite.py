@@ -9,6 +9,7 @@ from distill.bench.measure import ModelEntry, count_params, measure_latencies, m
 from distill.bench.report import add_retention, write_reports
 from distill.core.fileio import read_json
 from distill.core.hardware import hardware
+from distill.core.manifest import read_manifest
 from distill.data.tasks import TaskData
 from distill.recipe import BenchSpec
 from distill.runtime import MODEL_FILES, model_files
@@ -24,7 +25,7 @@ def model_entries(teacher_dir: Path, artifacts: dict[str, Path], model_dirs: dic
     entries = [ModelEntry("teacher", "teacher", "torch-fp32", teacher_dir, teacher_dir, params_of["teacher"])]
     for name, directory in artifacts.items():
         params = params_of[name]
-        level = read_json(directory / "manifest.json").get("optimization_level", "all")
+        level = read_manifest(directory).optimization_level
         for precision in MODEL_FILES:
             if model_files(directory, precision) is None:
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -112,9 +113,14 @@ def inside(root: Path, relative: str | Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `target` only once the block finishes without error."""
+    """Yield a temporary directory that replaces `target` only once the block finishes without error.
+
+    Leftovers of an earlier write of `target` that was killed (-9, power) before it could clean up are removed
+    first: one writer per target is assumed, as in every stage."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*target.parent.glob(f".{glob.escape(target.name)}.*.tmp"), target.with_name(f".{target.name}.old")]:
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     tmp.chmod(0o777 & ~_UMASK)
     try:

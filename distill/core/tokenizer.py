@@ -21,7 +21,10 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     """A fast tokenizer with any padding or truncation stored in tokenizer.json switched off."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise DistillInputError(f"{path}: could not load a tokenizer: {exc}".replace("\n", " ")) from exc
     if not tokenizer.is_fast:
         raise DistillInputError(f"{path}: distill needs a fast (Rust) tokenizer with tokenizer.json")
     tokenizer.backend_tokenizer.no_padding()

@@ -87,13 +87,15 @@ def _read_source(task: TaskSpec, recipe: Recipe) -> dict[str, Split]:
         files = source.files if isinstance(source.files, dict) else {"all": source.files}
         resolved = {}
         for split, name in files.items():
-            path = Path(recipe.resolve(name))
+            path = Path(recipe.resolve(name, f"tasks.{task.name}.source.files", hub=False))
             if not path.is_file():
-                raise DistillInputError(f"tasks.{task.name}.source.files: {path} does not exist")
+                raise DistillInputError(f"tasks.{task.name}.source.files: {path} is not a file")
             resolved[split] = path
         fmt = source.format or _format_of(next(iter(resolved.values())))
         out = {}
         for split, path in resolved.items():
+            if fmt in ("csv", "json"):
+                _check_utf8(path)
             try:
                 table = datasets.load_dataset(fmt, data_files=str(path), split="train")
             except Exception as exc:
@@ -113,6 +115,17 @@ def _read_source(task: TaskSpec, recipe: Recipe) -> dict[str, Split]:
     if "train" not in out:
         raise DistillInputError(f"tasks.{task.name}.splits: {source.hub!r} has no split named {splits.get('train')!r}")
     return out
+
+
+def _check_utf8(path: Path) -> None:
+    """Text data files are read as UTF-8; a line that is not is named here rather than deep inside pyarrow."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DistillInputError(f"{path}: line {number} is not valid UTF-8 (byte {exc.start + 1} of the "
+                                        "line); save the file as UTF-8") from exc
 
 
 def _format_of(path: Path) -> str:
@@ -180,6 +193,11 @@ def _clean(task: TaskSpec, split_name: str, split: Split) -> Split:
                 raise DistillInputError(
                     f"{split.origin}: row {split.rows[i]}: {len(text)} words but {len(label)} tags"
                 )
+            where = f"{split.origin}: row {split.rows[i]}"
+            for k, (word, tag) in enumerate(zip(text, label, strict=True)):
+                _check_name_value(tag, f"{where}: tag {k + 1} in {task.label_field!r}")
+                if not isinstance(word, str):
+                    raise DistillInputError(f"{where}: word {k + 1} in {task.text_field!r} is {word!r}, not text")
             empty = not any(str(w).strip() for w in text)
         else:
             label = _sequence_label(task, label, f"{split.origin}: row {split.rows[i]}")
@@ -201,9 +219,9 @@ def _sequence_label(task: TaskSpec, label: Any, where: str) -> Any:
         if isinstance(label, str):
             return [name.strip() for name in label.split(task.label_separator) if name.strip()]
         return [str(name) for name in label] if isinstance(label, list) else [str(label)]
-    if label is None:
-        raise DistillInputError(f"{where}: empty label in {task.label_field!r}")
     if task.type == "regression":
+        if label is None:
+            raise DistillInputError(f"{where}: empty label in {task.label_field!r}")
         try:
             value = float(label)
         except (TypeError, ValueError):
@@ -212,7 +230,18 @@ def _sequence_label(task: TaskSpec, label: Any, where: str) -> Any:
             raise DistillInputError(f"{where}: label {label!r} in {task.label_field!r} is not a finite number "
                                     f"(task {task.name!r} is a regression)")
         return value
-    return label
+    return _check_name_value(label, f"{where}: label in {task.label_field!r}")
+
+
+def _check_name_value(value: Any, where: str) -> Any:
+    """A class label or tag: text, or an integer (a class id); never empty, NaN, a boolean or a structure."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise DistillInputError(f"{where} is {value!r}: give every example a label (text or a class number)")
 
 
 def _label_list(task: TaskSpec, splits: dict[str, Split]) -> list[str]:
@@ -255,6 +284,12 @@ def load_tasks(recipe: Recipe) -> list[TaskData]:
         _check_labels(spec, splits, labels)
         if spec.limit:
             splits = {name: _limit(split, spec.limit.get(name)) for name, split in splits.items()}
+        empty = [name for name in SPLITS if not splits[name].texts]
+        if empty:
+            raise DistillInputError(
+                f"tasks.{spec.name}: the {' and '.join(empty)} split(s) have no examples "
+                f"({', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}); give more data, dev/test files, "
+                "or other split_ratios / limit")
         info = TaskInfo(spec.name, spec.type, labels, spec.metric or "accuracy")
         tasks.append(TaskData(info, splits))
         log.info("task %s: %s", spec.name, ", ".join(f"{k} {len(v.texts)}" for k, v in splits.items()))

@@ -122,7 +122,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             "optimization_level": level,
             "graphs": spec.graphs,
             "inputs": {"model_sha256": sha256_dir(model_dir), "export": spec.model_dump()},
-            "files": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.onnx"))},
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
             "versions": library_versions(), "cpu": {"model": cpu["cpu"], "isa": cpu["isa"], **preset},
             "checks": checks,
         }

@@ -11,9 +11,9 @@ from distill.core.fileio import check_name
 
 
 class Strict(BaseModel):
-    """A recipe section: an unknown key is an error."""
+    """A recipe section: an unknown key is an error, and so is a number that is NaN or infinite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def safe_name(key: str) -> AfterValidator:

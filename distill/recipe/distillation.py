@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -84,7 +84,7 @@ class DistillationSpec(Strict):
     """Loss weights and optimisation of the students."""
 
     alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the gold-label loss vs KD")
-    temperature: float | TemperatureSchedule = Field(
+    temperature: Annotated[float, Field(gt=0)] | TemperatureSchedule = Field(
         default=2.0, description="KD softmax temperature T, or {start, end}: linear over each stage's steps")
     hidden_weight: float = Field(default=1.0, ge=0, description="beta: hidden-state MSE weight")
     hidden_layers: list[int] = Field(default=[-1], description="teacher hidden states to cache besides those the "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from distill.core.errors import DistillInputError
 from distill.recipe.common import Strict
@@ -30,7 +31,12 @@ class Recipe(Strict):
     cache: CacheSpec = CacheSpec()
     export: ExportSpec = ExportSpec()
     bench: BenchSpec = BenchSpec()
-    base_dir: Path = Field(default=Path("."), exclude=True, description="where relative paths start")
+    _base_dir: Path = PrivateAttr(default=Path("."))
+
+    @property
+    def base_dir(self) -> Path:
+        """Where relative paths start: the recipe file's directory."""
+        return self._base_dir
 
     @property
     def training_seed(self) -> int:
@@ -74,10 +80,25 @@ class Recipe(Strict):
                                  f"the {epochs} distillation epoch(s) of the last stage")
         return self
 
-    def resolve(self, path: str) -> str:
-        """A recipe path made absolute against the recipe's directory; hub ids pass through."""
+    def resolve(self, path: str, key: str, hub: bool = True) -> str:
+        """The recipe value `key` as an absolute path against the recipe's directory, or, with `hub`, a hub id
+        passed through. A value that looks like a path but is not there is an error naming both places looked:
+        a relative path never falls back to the current directory."""
         candidate = (self.base_dir / path).expanduser()
-        return str(candidate.resolve()) if candidate.exists() or path.startswith((".", "/", "~")) else path
+        if candidate.exists():
+            return str(candidate.resolve())
+        looks_like_path = (not hub or path.startswith((".", "/", "~", "\\")) or path.count("/") > 1
+                           or Path(path).suffix.lower() in DATA_SUFFIXES or not HUB_ID.match(path))
+        beside_cwd = Path(path).expanduser().resolve()
+        if looks_like_path or (beside_cwd.exists() and beside_cwd != candidate.resolve()):
+            elsewhere = (f"; it exists at {beside_cwd}, but relative paths start at the recipe's directory: "
+                         "write the path from there, or an absolute one") if beside_cwd.exists() else ""
+            raise DistillInputError(f"{key}: {path!r} not found at {candidate.resolve()}{elsewhere}")
+        return path
+
+
+DATA_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt", ".safetensors", ".bin", ".onnx"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +132,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def parse_recipe(data: dict[str, Any], base_dir: Path, origin: str = "recipe") -> Recipe:
     """Validate a recipe mapping; errors name the offending key."""
     try:
-        return Recipe.model_validate({**data, "base_dir": base_dir})
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
@@ -119,6 +140,8 @@ def parse_recipe(data: dict[str, Any], base_dir: Path, origin: str = "recipe") -
         if first["type"] == "extra_forbidden":
             message = "unknown key"
         raise DistillInputError(f"{origin}: {where}: {message}") from exc
+    recipe._base_dir = Path(base_dir)
+    return recipe
 
 
 def load_recipe(path: str | Path, overrides: list[str | Path] = ()) -> Recipe:

@@ -9,6 +9,7 @@ keeps the best model. Checkpoints (see distill.train.checkpoint) hold the epoch 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -295,6 +296,8 @@ class _Run:
         self.accelerator.wait_for_everyone()
         if self.main and self.checkpoint_dir is not None:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the run's checkpoints/ folder, once nothing else trains
+                self.checkpoint_dir.parent.rmdir()
 
     def last_checkpoint_text(self) -> str:
         if self.last_checkpoint is None:

@@ -8,6 +8,7 @@ i % world == r, and process 0 writes the one manifest once every shard is there.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig
 
-from distill.core.errors import DistillInputError
+from distill.core.errors import DistillError, DistillInputError
 from distill.core.fileio import atomic_save_safetensors, atomic_write_json, read_json, sha256_file, sha256_json
 from distill.core.processes import num_processes, process_device, process_index, wait_for_everyone
 from distill.core.progress import progress
@@ -37,6 +38,7 @@ from teachers.cache.store import (
     corrupt_shards,
     entry_size_bytes,
     hidden_name,
+    manifest_shards,
     qkv_name,
     shard_name,
 )
@@ -167,7 +169,9 @@ def build_cache(teacher: Teacher, tasks: list[TaskData], hidden_layers: Sequence
     manifest_path = path / MANIFEST
     rank, world = process_index(), num_processes()
     if rank == 0 and manifest_path.is_file():
-        _drop_corrupt(path, read_json(manifest_path))
+        manifest = _readable_manifest(path)
+        if manifest is not None:
+            _drop_corrupt(path, manifest)
     wait_for_everyone()
     examples = sum(len(split) for task in tasks for split in task.encoded.values())
     if manifest_path.is_file():
@@ -215,6 +219,19 @@ def _build_shards(teachers: dict[str, TaskTeacher], jobs: list[_ShardJob], path:
 
 def _task_top_k(top_k: int | None, classes: int) -> int | None:
     return top_k if top_k and classes > TOP_K_MIN_CLASSES and top_k < classes else None
+
+
+def _readable_manifest(path: Path) -> dict | None:
+    """The entry's manifest; an unreadable one (not JSON, or without its shard list) takes the entry with it:
+    without the recorded checksums no shard of it can be trusted, so the build starts it again."""
+    try:
+        manifest = read_json(path / MANIFEST)
+        list(manifest_shards(manifest))
+        return manifest
+    except (ValueError, KeyError, TypeError, AttributeError, DistillError) as exc:  # JSONDecodeError: ValueError
+        log.warning("teacher cache: %s is unreadable (%s); building the entry again", path / MANIFEST, exc)
+        shutil.rmtree(path)
+        return None
 
 
 def _drop_corrupt(path: Path, manifest: dict) -> None:

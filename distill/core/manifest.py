@@ -1,0 +1,119 @@
+"""Reading an artifact directory's own files safely: manifest.json and tasks.json through a schema, each file
+checked against the sha256 the exporter recorded, and every name kept inside the directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from distill.core.errors import DistillInputError
+from distill.core.fileio import check_name, sha256_file
+
+MANIFEST_FILE = "manifest.json"
+TASKS_FILE = "tasks.json"
+TASK_TYPES = ("sequence_classification", "token_classification", "multi_label_classification", "regression")
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class ArtifactManifest(BaseModel):
+    """What the runtime reads of manifest.json (the rest, provenance and checks, passes through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_length: int = Field(gt=0)
+    optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    graphs: Literal["combined", "per_task"] = "combined"
+    files: dict[str, str] = Field(description="file name -> sha256, as exported")
+    checks: dict[str, Any] = {}
+
+    @field_validator("files")
+    @classmethod
+    def _plain_names(cls, files: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for name, digest in files.items():
+            check_name(name, "files")
+            if not re.match(SHA256, str(digest)):
+                raise ValueError(f"{name!r}: {digest!r} is not a sha256")
+        return files
+
+
+class TaskEntry(BaseModel):
+    """One task of tasks.json: its name is used in file names, so it must be a plain name."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    type: Literal[TASK_TYPES]  # type: ignore[valid-type]
+    labels: list[str]
+    metric: str = "accuracy"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        return check_name(name, "name")
+
+
+class TaskList(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    tasks: list[TaskEntry] = Field(min_length=1)
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise DistillInputError(f"{path}: missing; {path.parent} is not a complete artifact (export it again)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DistillInputError(f"{path}: not valid JSON ({exc}); export the artifact again") from exc
+
+
+def _validated(model: type[BaseModel], path: Path) -> Any:
+    try:
+        return model.model_validate(_read(path))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise DistillInputError(f"{path}: {where}: {first['msg']} (export the artifact again)") from exc
+
+
+def read_manifest(directory: Path) -> ArtifactManifest:
+    """manifest.json of an artifact directory, checked against the schema; errors name the field."""
+    return _validated(ArtifactManifest, Path(directory) / MANIFEST_FILE)
+
+
+def read_tasks(directory: Path) -> list[dict[str, Any]]:
+    """tasks.json of an artifact directory, checked: known task types, plain task names."""
+    return [task.model_dump() for task in _validated(TaskList, Path(directory) / TASKS_FILE).tasks]
+
+
+def verify_files(directory: Path, manifest: ArtifactManifest, names: Iterable[str]) -> None:
+    """Compare each named file with the sha256 manifest.json records for it; ONNX files must be recorded,
+    other files are checked where recorded (artifacts exported before the tokenizer was recorded)."""
+    directory = Path(directory)
+    for name in names:
+        path = directory / name
+        recorded = manifest.files.get(name)
+        if recorded is None:
+            if name.endswith(".onnx"):
+                raise DistillInputError(f"{path}: not recorded in {MANIFEST_FILE}; the artifact was changed after "
+                                        "export (export it again, or skip the check with --no-verify)")
+            continue
+        if not path.is_file():
+            raise DistillInputError(f"{path}: missing; export the artifact again")
+        if sha256_file(path) != recorded:
+            raise DistillInputError(f"{path}: sha256 differs from {MANIFEST_FILE}: the file was changed after "
+                                    "export (export it again, or skip the check with --no-verify if you "
+                                    "changed it on purpose)")
+
+
+def verify_artifact(directory: Path) -> ArtifactManifest:
+    """An artifact's manifest, after every file it records was compared with its sha256."""
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest, manifest.files)
+    return manifest
