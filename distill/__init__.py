@@ -14,6 +14,7 @@ _EXPORTS = {
     "load_recipe": "distill.recipe",
     "Recipe": "distill.recipe",
     "run_recipe": "distill.pipeline",
+    "check_inputs": "distill.pipeline",
     "run_demo": "distill.api",
     "demo_recipe": "distill.api",
     "load_tasks": "distill.data.tasks",

@@ -36,7 +36,7 @@ def test_missing_label_column_names_file_and_column(recipe_file, tiny_data):
 
 def test_missing_data_file_is_named(recipe_file, tmp_path):
     path = recipe_file(lambda r: r["tasks"][0]["source"].update(files=str(tmp_path / "gone.csv")))
-    with pytest.raises(DistillInputError, match=r"gone\.csv does not exist"):
+    with pytest.raises(DistillInputError, match=r"source\.files: .*gone\.csv not found$"):
         load_tasks(load_recipe(path))
 
 

@@ -4,6 +4,7 @@ checked against the sha256 the exporter recorded, and every name kept inside the
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -12,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill.core.errors import DistillInputError
 from distill.core.fileio import check_name, sha256_file
+from distill.core.task_types import TaskType
 
 MANIFEST_FILE = "manifest.json"
 TASKS_FILE = "tasks.json"
-TASK_TYPES = ("sequence_classification", "token_classification", "multi_label_classification", "regression")
 SHA256 = r"^[0-9a-f]{64}$"
 
 
@@ -33,8 +34,6 @@ class ArtifactManifest(BaseModel):
     @field_validator("files")
     @classmethod
     def _plain_names(cls, files: dict[str, str]) -> dict[str, str]:
-        import re
-
         for name, digest in files.items():
             check_name(name, "files")
             if not re.match(SHA256, str(digest)):
@@ -48,7 +47,7 @@ class TaskEntry(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
-    type: Literal[TASK_TYPES]  # type: ignore[valid-type]
+    type: TaskType
     labels: list[str]
     metric: str = "accuracy"
 

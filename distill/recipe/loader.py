@@ -93,7 +93,8 @@ class Recipe(Strict):
         if looks_like_path or (beside_cwd.exists() and beside_cwd != candidate.resolve()):
             elsewhere = (f"; it exists at {beside_cwd}, but relative paths start at the recipe's directory: "
                          "write the path from there, or an absolute one") if beside_cwd.exists() else ""
-            raise DistillInputError(f"{key}: {path!r} not found at {candidate.resolve()}{elsewhere}")
+            where = path if Path(path).expanduser().is_absolute() else f"{path!r} at {candidate.resolve()}"
+            raise DistillInputError(f"{key}: {where} not found{elsewhere}")
         return path
 
 

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from distill.core.task_types import TaskType
 from distill.recipe.common import Strict, TaskName
 
-TaskType = Literal["sequence_classification", "token_classification", "multi_label_classification", "regression"]
 SPLITS = ("train", "dev", "test")
 # The metrics each task type can use as its primary metric; the first is the default.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
