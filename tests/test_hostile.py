@@ -30,6 +30,14 @@ def expect_error(args: list[str], capsys: pytest.CaptureFixture, *words: str) ->
     return errors[0]
 
 
+def refused_run(recipe: Path, capsys: pytest.CaptureFixture, *words: str) -> str:
+    """`distill run` refuses the recipe in one line, before writing anything."""
+    out = recipe.parent / "refused-out"
+    line = expect_error(["run", recipe, "--out", out], capsys, *words)
+    assert not out.exists()
+    return line
+
+
 def write_recipe(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data))
@@ -47,18 +55,18 @@ def recipe_data(tiny_base: Path, tiny_data: dict[str, Path]) -> dict:
 def test_a_temperature_that_is_not_positive_is_refused(tmp_path, recipe_data, capsys, temperature):
     recipe_data["distillation"]["temperature"] = float("nan") if temperature == ".nan" else temperature
     recipe = write_recipe(tmp_path / "r.yaml", recipe_data)
-    expect_error(["check", recipe], capsys, "distillation.temperature")
+    refused_run(recipe, capsys, "distillation.temperature")
 
 
 @pytest.mark.parametrize("rate", [float("inf"), float("nan"), 0, -1e-4])
 def test_a_learning_rate_that_is_not_finite_and_positive_is_refused(tmp_path, recipe_data, capsys, rate):
     recipe_data["distillation"]["learning_rate"] = rate
-    expect_error(["check", write_recipe(tmp_path / "r.yaml", recipe_data)], capsys, "distillation.learning_rate")
+    refused_run(write_recipe(tmp_path / "r.yaml", recipe_data), capsys, "distillation.learning_rate")
 
 
 def test_base_dir_is_not_a_recipe_key(tmp_path, recipe_data, capsys):
     recipe_data["base_dir"] = "/somewhere"
-    expect_error(["check", write_recipe(tmp_path / "r.yaml", recipe_data)], capsys, "base_dir", "unknown key")
+    refused_run(write_recipe(tmp_path / "r.yaml", recipe_data), capsys, "base_dir", "unknown key")
 
 
 def test_relative_data_paths_start_at_the_recipe_never_at_the_current_directory(tmp_path, recipe_data, capsys,
@@ -66,7 +74,7 @@ def test_relative_data_paths_start_at_the_recipe_never_at_the_current_directory(
     write_tiny_data(tmp_path / "data")  # ./data/sentiment.csv exists beside the current directory only
     monkeypatch.chdir(tmp_path)
     recipe_data["tasks"][0]["source"]["files"] = "data/sentiment.csv"
-    line = expect_error(["check", write_recipe(tmp_path / "sub" / "r.yaml", recipe_data)], capsys,
+    line = refused_run(write_recipe(tmp_path / "sub" / "r.yaml", recipe_data), capsys,
                         "tasks.sentiment.source.files", str(tmp_path / "sub" / "data" / "sentiment.csv"),
                         str(tmp_path / "data" / "sentiment.csv"))
     assert "relative paths start at the recipe's directory" in line
@@ -74,7 +82,7 @@ def test_relative_data_paths_start_at_the_recipe_never_at_the_current_directory(
 
 def test_a_missing_model_path_is_an_error_not_a_hub_id(tmp_path, recipe_data, capsys):
     recipe_data["teacher"]["base_model"] = "./models/mine"
-    expect_error(["check", write_recipe(tmp_path / "r.yaml", recipe_data)], capsys, "teacher.base_model", "mine")
+    refused_run(write_recipe(tmp_path / "r.yaml", recipe_data), capsys, "teacher.base_model", "mine")
 
 
 # --- data: null tags and labels, splits too small ---
@@ -86,7 +94,7 @@ def test_a_null_token_tag_is_refused_with_its_row(tmp_path, recipe_data, capsys)
     row["tags"][0] = None
     rows[4] = json.dumps(row)
     ner.write_text("\n".join(rows) + "\n")
-    expect_error(["check", write_recipe(tmp_path / "r.yaml", recipe_data)], capsys, "row 5", "tag 1", "None")
+    refused_run(write_recipe(tmp_path / "r.yaml", recipe_data), capsys, "row 5", "tag 1", "None")
 
 
 def test_an_empty_class_label_is_refused_with_its_row(tmp_path, recipe_data, capsys):
@@ -94,7 +102,7 @@ def test_an_empty_class_label_is_refused_with_its_row(tmp_path, recipe_data, cap
     lines = csv.read_text().splitlines()
     lines[3] = lines[3].rsplit(",", 1)[0] + ","
     csv.write_text("\n".join(lines) + "\n")
-    expect_error(["check", write_recipe(tmp_path / "r.yaml", recipe_data)], capsys, "row 3", "label")
+    refused_run(write_recipe(tmp_path / "r.yaml", recipe_data), capsys, "row 3", "label")
 
 
 def test_a_data_file_too_small_for_dev_and_test_is_refused_before_any_work(tmp_path, recipe_data, capsys):
@@ -117,7 +125,7 @@ def test_out_pointing_at_a_file_is_refused_and_the_file_kept(tmp_path, recipe_da
 
 def test_teacher_path_that_is_not_a_distill_teacher_is_refused(tmp_path, recipe_data, capsys, tiny_base):
     recipe_data["teacher"] = {"path": str(tiny_base)}
-    expect_error(["check", write_recipe(tmp_path / "r.yaml", recipe_data)], capsys, "teacher.path",
+    refused_run(write_recipe(tmp_path / "r.yaml", recipe_data), capsys, "teacher.path",
                  "not a teacher saved by distill")
 
 
@@ -135,7 +143,7 @@ def test_a_pickled_per_task_checkpoint_is_refused(tmp_path, recipe_data, capsys,
     (checkpoint / "model.safetensors").unlink()
     (checkpoint / "pytorch_model.bin").write_bytes(b"not loaded")
     recipe_data["teacher"] = {"per_task": {"sentiment": str(checkpoint), "ner": str(checkpoint)}}
-    expect_error(["check", write_recipe(tmp_path / "r.yaml", recipe_data)], capsys, "teacher.per_task",
+    refused_run(write_recipe(tmp_path / "r.yaml", recipe_data), capsys, "teacher.per_task",
                  "pytorch_model.bin", "safetensors")
 
 
