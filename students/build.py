@@ -113,10 +113,10 @@ def check_student_shape(spec: StudentSpec, config: Any) -> None:
     neurons than it has, or a hidden size that is not below its own and a multiple of its attention head size."""
     where = f"students.{spec.name}"
     pick_layers(spec.layers, config_value(config, "layers"), spec.layer_strategy, f"{where}.layers")
-    for key, size, name in (("heads", spec.heads, "heads"), ("ffn", spec.ffn, "ffn")):
-        have = config_value(config, name, default=0)
+    for key, size, what in (("heads", spec.heads, "{} attention heads per layer"), ("ffn", spec.ffn, "FFN width {}")):
+        have = config_value(config, key, default=0)
         if size is not None and have and size > have:
-            raise DistillInputError(f"{where}.{key}: {size} is more than the teacher's {have}")
+            raise DistillInputError(f"{where}.{key}: {size} is more than the teacher's {what.format(have)}")
     if spec.hidden_size is not None:
         hidden, width = config_value(config, "hidden"), head_size(config)
         if spec.hidden_size >= hidden or spec.hidden_size % width:

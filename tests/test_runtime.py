@@ -119,8 +119,8 @@ def test_per_task_graphs_give_the_combined_graphs_predictions(trained_run, tmp_p
     manifest = export_artifact(trained_run / "out" / "students" / "s2", out, tasks, spec, recipe.max_length,
                                tokenizer.pad_token_id)
     assert manifest["graphs"] == "per_task"
-    assert set(manifest["files"]) == {"model.sentiment.onnx", "model.ner.onnx", "model.sentiment.int8.onnx",
-                                      "model.ner.int8.onnx"}
+    assert {n for n in manifest["files"] if n.endswith(".onnx")} == {
+        "model.sentiment.onnx", "model.ner.onnx", "model.sentiment.int8.onnx", "model.ner.int8.onnx"}
     assert manifest["checks"]["fp32_max_abs_diff"] <= 1e-4
     assert set(model_files(out, "int8")) == {"sentiment", "ner"}
     texts = ["the film was great fun", "bob and carol went to rome"]

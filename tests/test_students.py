@@ -152,8 +152,9 @@ def test_random_narrow_student_and_bad_sizes(tiny_teacher):
     spec = StudentSpec(name="r", layers=2, hidden_size=16, hidden_init="random")
     model = build_student(recipe, spec, tasks, teacher_dir, tokenizer).model
     assert model.encoder.config.hidden_size == 16 and model.num_layers == 2
-    with pytest.raises(DistillInputError, match=r"students\.x\.hidden_size: 24 must be below the teacher's 32 and "
-                                                r"a multiple of its attention head size 16"):
+    too_wide = r"students\.x\.hidden_size: 24 must be below the teacher's hidden size 32 and a multiple of its " \
+               r"attention head size 16"
+    with pytest.raises(DistillInputError, match=too_wide):
         build_student(recipe, StudentSpec(name="x", layers=2, hidden_size=24), tasks, teacher_dir, tokenizer)
     with pytest.raises(DistillInputError, match=r"students\.x\.ffn: 128 is more than the teacher's FFN width 64"):
         build_student(recipe, StudentSpec(name="x", layers=2, ffn=128, pruning={"examples": 4}), tasks, teacher_dir,
