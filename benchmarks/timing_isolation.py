@@ -1,13 +1,15 @@
-"""Does the bench time a model, or its neighbours? Each ONNX model of a finished run timed among all the others
-(one process, every session open, timed in turns: what `distill bench` does) and alone (a fresh process that
-loads only that model), at batch 1 × the recipe's bench length.
+"""Does the bench time a model, or its neighbours? Each ONNX model of a finished run, at batch 1 × the recipe's
+bench length, timed three ways in one run:
+
+- bench: what `distill bench` does, a process of its own per model and round, the models taking turns;
+- alone: one fresh process that loads only that model and makes every call;
+- shared: every model loaded in one process, timed in turns, threads not spinning between runs (what the
+  bench did before, kept to show why it stopped).
 
     python -m benchmarks.timing_isolation RUN_DIR (--demo [--quick | --base] | --recipe RECIPE.yaml)
         [--repeats 60] [--rounds 3]
 
-"alone" uses the bench's session settings (intra-op threads that do not spin between runs); "alone, spinning"
-is onnxruntime's default, what a single Predictor gets. Prints one row per model and saves
-RUN_DIR/timing-isolation/summary.json.
+Prints one row per model and saves RUN_DIR/timing-isolation/summary.json.
 """
 
 from __future__ import annotations
@@ -15,16 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.run_args import add_run_args, run_recipe_of
-from distill.bench.latency import bench_inputs
-from distill.bench.measure import measure_latencies, model_forward, onnx_files
+from distill.bench.latency import bench_inputs, round_sizes, time_in_fresh_process, timed_calls
+from distill.bench.measure import measure_latencies, model_forward
 from distill.bench.pareto import model_key
 from distill.bench.suite import model_entries
 from distill.core.fileio import atomic_write_json
@@ -32,28 +32,18 @@ from distill.core.hardware import hardware
 from distill.pipeline import prepare
 from students.vocab_map import student_inputs
 
-_ALONE = """
-import json, sys
-import numpy as np
-from distill.bench.latency import measure
-from distill.runtime import OnnxForward
-args = json.loads(sys.argv[1])
-files = args["files"] if isinstance(args["files"], str) else dict(args["files"])
-forward = OnnxForward(files, args["threads"], args["level"], spinning=args["spinning"])
-ids = np.load(args["ids"])
-print(json.dumps(measure(lambda: forward(args["task"], ids, np.ones_like(ids)), args["warmup"], args["repeats"])))
-"""
 
-
-def alone_p50(files: Path | dict[str, Path], level: str, ids_file: Path, task: str, threads: int, warmup: int,
-              repeats: int, spinning: bool) -> float:
-    """p50 ms of one model in a fresh process that loads nothing else."""
-    args = {"files": str(files) if isinstance(files, Path) else {k: str(v) for k, v in files.items()},
-            "level": level, "ids": str(ids_file), "task": task, "threads": threads, "warmup": warmup,
-            "repeats": repeats, "spinning": spinning}
-    done = subprocess.run([sys.executable, "-c", _ALONE, json.dumps(args)], capture_output=True, text=True,
-                          check=True)
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["p50"])
+def shared_process_p50(entries: list, feeds: list[np.ndarray], task: str, threads: int, warmup: int,
+                       sizes: list[int]) -> list[float]:
+    """p50 ms of each model with every model loaded in this process, timed in turns."""
+    forwards = [model_forward(entry, threads) for entry in entries]
+    times: list[list[np.ndarray]] = [[] for _ in entries]
+    for r, count in enumerate(sizes):
+        for k, (forward, ids) in enumerate(zip(forwards, feeds, strict=True)):
+            mask = np.ones_like(ids)
+            times[k].append(timed_calls(lambda f=forward, i=ids, m=mask: f(task, i, m), warmup if r == 0 else 1,
+                                        count))
+    return [float(np.percentile(np.concatenate(t), 50)) for t in times]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,31 +63,37 @@ def main(argv: list[str] | None = None) -> int:
     spec = recipe.bench.model_copy(update={"batch_sizes": [1], "other_seq_lens": [], "repeats": args.repeats,
                                            "rounds": args.rounds})
     inputs = [student_inputs(entry.model_dir, state.tasks, state.pad_id) for entry in entries]
-    among = measure_latencies([model_forward(entry, threads) for entry in entries], inputs, spec)
     task = state.tasks[0].info.name
+    bench = measure_latencies(entries, inputs, spec, threads)
+    feeds = [bench_inputs([ids for t in tasks for ids in t.encoded["test"].input_ids[:64]], 1, spec.seq_len, pad)[0]
+             for tasks, pad in inputs]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for k, (entry, (tasks, pad)) in enumerate(zip(entries, inputs, strict=True)):
-            sample = [ids for t in tasks for ids in t.encoded["test"].input_ids[:64]]
-            ids, _ = bench_inputs(sample, 1, spec.seq_len, pad)
+        for k, (entry, ids) in enumerate(zip(entries, feeds, strict=True)):
             ids_file = Path(tmp) / f"{k}.npy"
             np.save(ids_file, ids)
-            alone = {flag: alone_p50(onnx_files(entry), entry.optimization_level, ids_file, task, threads,
-                                     spec.warmup, args.repeats, flag) for flag in (False, True)}
-            key = model_key({"name": entry.name, "format": entry.format})
-            rows[key] = {"among_p50_ms": among[k][0]["p50"], "alone_p50_ms": alone[False],
-                         "alone_spinning_p50_ms": alone[True],
-                         "among_vs_alone": among[k][0]["p50"] / alone[False] - 1}
+            model = {"format": entry.format, "path": entry.path, "threads": threads,
+                     "level": entry.optimization_level}
+            alone = float(np.percentile(time_in_fresh_process(model, [ids_file], task, spec.warmup,
+                                                              args.repeats)[0], 50))
+            rows[model_key({"name": entry.name, "format": entry.format})] = {
+                "bench_p50_ms": bench[k][0]["p50"], "alone_p50_ms": alone}
+    shared = shared_process_p50(entries, feeds, task, threads, spec.warmup, round_sizes(args.repeats, args.rounds))
+    for row, p50 in zip(rows.values(), shared, strict=True):
+        row["shared_p50_ms"] = p50
+        row["bench_vs_alone"] = row["bench_p50_ms"] / row["alone_p50_ms"] - 1
+        row["shared_vs_alone"] = p50 / row["alone_p50_ms"] - 1
     out = args.run_dir / "timing-isolation"
     out.mkdir(parents=True, exist_ok=True)
     summary = {"hardware": hardware(threads), "seq_len": spec.seq_len, "repeats": args.repeats, "models": rows,
-               "max_abs_among_vs_alone": max(abs(r["among_vs_alone"]) for r in rows.values())}
+               "max_abs_bench_vs_alone": max(abs(r["bench_vs_alone"]) for r in rows.values()),
+               "max_abs_shared_vs_alone": max(abs(r["shared_vs_alone"]) for r in rows.values())}
     atomic_write_json(out / "summary.json", summary)
-    print(f"{'model':32} {'among ms':>9} {'alone ms':>9} {'among/alone':>12} {'alone, spinning ms':>19}")
+    print(f"{'model':32} {'alone ms':>9} {'bench ms':>9} {'vs alone':>9} {'shared ms':>10} {'vs alone':>9}")
     for key, row in rows.items():
-        print(f"{key:32} {row['among_p50_ms']:9.2f} {row['alone_p50_ms']:9.2f} "
-              f"{row['among_vs_alone'] * 100:+11.1f}% {row['alone_spinning_p50_ms']:19.2f}")
-    print(json.dumps({"max_abs_among_vs_alone": summary["max_abs_among_vs_alone"]}))
+        print(f"{key:32} {row['alone_p50_ms']:9.2f} {row['bench_p50_ms']:9.2f} {row['bench_vs_alone'] * 100:+8.1f}% "
+              f"{row['shared_p50_ms']:10.2f} {row['shared_vs_alone'] * 100:+8.1f}%")
+    print(json.dumps({k: summary[k] for k in ("max_abs_bench_vs_alone", "max_abs_shared_vs_alone")}))
     return 0
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,13 +47,44 @@ def measure(run: Callable[[], object], warmup: int, repeats: int) -> dict[str, f
     return summarise(timed_calls(run, warmup, repeats))
 
 
-def interleaved(runs: list[Callable[[], object]], warmup: int, repeats: int, rounds: int) -> list[dict[str, float]]:
-    """Time several models in turn, `rounds` times, `repeats` calls each in all, so that a slow spell of a
-    shared machine hits every model alike instead of whichever model was being timed then."""
+_PROBE = """
+import json, sys
+import numpy as np
+args = json.loads(sys.argv[1])
+if args["format"] == "torch-fp32":
+    import torch
+    from distill.data.evaluation import torch_forward
+    from distill.model.multitask import MultiTaskModel
+    torch.set_num_threads(args["threads"])
+    forward = torch_forward(MultiTaskModel.load(args["path"]))
+else:
+    from distill.runtime import OnnxForward, model_files
+    forward = OnnxForward(model_files(args["path"], args["format"].removeprefix("onnx-")), args["threads"],
+                          args["level"])
+from distill.bench.latency import timed_calls
+times = []
+for feed in args["feeds"]:
+    ids = np.load(feed)
+    mask = np.ones_like(ids)
+    times.append(timed_calls(lambda: forward(args["task"], ids, mask), args["warmup"], args["repeats"]).tolist())
+print(json.dumps(times))
+"""
+
+
+def time_in_fresh_process(model: dict[str, Any], feeds: list[Path], task: str, warmup: int,
+                          repeats: int) -> list[np.ndarray]:
+    """Milliseconds of `repeats` calls at each feed (a saved input_ids array) after `warmup` calls, in a new
+    process that loads only `model` ({format, path, threads, level}) as deployed, with onnxruntime's default
+    session settings: nothing else's threads share the cores while it is timed."""
+    args = {**model, "path": str(model["path"]), "feeds": [str(f) for f in feeds], "task": task, "warmup": warmup,
+            "repeats": repeats}
+    done = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(args)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"timing {model['path']} ({model['format']}) failed: {done.stderr.strip()[-2000:]}")
+    return [np.asarray(t) for t in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def round_sizes(repeats: int, rounds: int) -> list[int]:
+    """`repeats` timed calls spread over `rounds` rounds (at most one round per call)."""
     rounds = max(1, min(rounds, repeats))
-    per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
-    samples: list[list[np.ndarray]] = [[] for _ in runs]
-    for r, count in enumerate(per_round):
-        for k, run in enumerate(runs):
-            samples[k].append(timed_calls(run, warmup if r == 0 else 1, count))
-    return [summarise(np.concatenate(s)) for s in samples]
+    return [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
-from distill.bench.latency import bench_inputs, interleaved
+from distill.bench.latency import bench_inputs, round_sizes, summarise, time_in_fresh_process
 from distill.core.fileio import read_json
 from distill.core.progress import progress
 from distill.data.evaluation import ForwardFn, evaluate, primary_scores, torch_forward
@@ -114,24 +116,40 @@ def latency_grid(spec: BenchSpec) -> list[tuple[int, int]]:
     return grid + [(1, length) for length in spec.other_seq_lens if length != spec.seq_len]
 
 
-def measure_latencies(forwards: list[ForwardFn], inputs: list[tuple[list[TaskData], int]],
-                      spec: BenchSpec) -> list[list[dict[str, Any]]]:
-    """For each model, its latency at every grid shape on its own (tasks, pad id) inputs; models are timed in
-    turn (see `interleaved`)."""
-    samples = [[ids for t in tasks for ids in t.encoded["test"].input_ids[:64]] for tasks, _ in inputs]
+def measure_latencies(entries: list[ModelEntry], inputs: list[tuple[list[TaskData], int]], spec: BenchSpec,
+                      threads: int) -> list[list[dict[str, Any]]]:
+    """For each model, its latency at every grid shape on its own (tasks, pad id) inputs.
+
+    Each model is timed in a process of its own, as it is deployed: models loaded side by side in one process
+    slow each other down (idle thread pools, caches), by 13-62 % on the base demo even without spinning threads.
+    The calls are spread over `spec.rounds` rounds, the models taking turns (a new process each), so that a
+    slow spell of a shared machine hits every model alike."""
+    grid = latency_grid(spec)
     first_task = inputs[0][0][0].info.name
-    per_model: list[list[dict[str, Any]]] = [[] for _ in forwards]
-    for batch, seq_len in progress(latency_grid(spec), desc="latency", unit="shape"):
-        feeds = [bench_inputs(sample, batch, seq_len, pad) for sample, (_, pad) in zip(samples, inputs, strict=True)]
-        runs = [lambda f=f, feed=feed: f(first_task, *feed) for f, feed in zip(forwards, feeds, strict=True)]
-        for k, timing in enumerate(interleaved(runs, spec.warmup, spec.repeats, spec.rounds)):
-            per_model[k].append({"batch": batch, "seq_len": seq_len, **timing})
-    return per_model
+    times: list[list[list[np.ndarray]]] = [[[] for _ in grid] for _ in entries]
+    with tempfile.TemporaryDirectory() as tmp:
+        feeds = []
+        for k, (tasks, pad) in enumerate(inputs):
+            sample = [ids for t in tasks for ids in t.encoded["test"].input_ids[:64]]
+            feeds.append([Path(tmp) / f"{k}-{batch}x{seq_len}.npy" for batch, seq_len in grid])
+            for feed, (batch, seq_len) in zip(feeds[-1], grid, strict=True):
+                np.save(feed, bench_inputs(sample, batch, seq_len, pad)[0])
+        sizes = round_sizes(spec.repeats, spec.rounds)
+        with progress(total=len(sizes) * len(entries), desc="latency", unit="model") as bar:
+            for count in sizes:
+                for k, entry in enumerate(entries):
+                    model = {"format": entry.format, "path": entry.path, "threads": threads,
+                             "level": entry.optimization_level}
+                    for s, got in enumerate(time_in_fresh_process(model, feeds[k], first_task, spec.warmup, count)):
+                        times[k][s].append(got)
+                    bar.update(1)
+    return [[{"batch": batch, "seq_len": seq_len, **summarise(np.concatenate(times[k][s]))}
+             for s, (batch, seq_len) in enumerate(grid)] for k in range(len(entries))]
 
 
 def model_forward(entry: ModelEntry, threads: int) -> ForwardFn:
-    """The entry loaded as deployed: PyTorch, or onnxruntime at the artifact's optimisation level, its threads
-    not spinning between runs (every model's session stays open while the others are timed)."""
+    """The entry loaded for scoring: PyTorch, or onnxruntime at the artifact's optimisation level, its threads
+    not spinning between runs (every model's session stays open while the others are scored)."""
     if entry.format == "torch-fp32":
         torch.set_num_threads(threads)
         return torch_forward(MultiTaskModel.load(entry.path))

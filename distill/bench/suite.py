@@ -45,8 +45,8 @@ def run_benchmarks(tasks: list[TaskData], entries: list[ModelEntry], spec: Bench
     forwards = [model_forward(entry, threads) for entry in entries]
     # a vocabulary-pruned student reads its own token ids
     inputs = [student_inputs(entry.model_dir, tasks, pad_id) for entry in entries]
-    log.info("bench: timing %d models in %d interleaved rounds", len(entries), spec.rounds)
-    latencies = measure_latencies(forwards, inputs, spec)
+    log.info("bench: timing %d models, each in a process of its own, in %d rounds", len(entries), spec.rounds)
+    latencies = measure_latencies(entries, inputs, spec, threads)
     models = []
     for k, (entry, forward, grid) in enumerate(zip(entries, forwards, latencies, strict=True)):
         log.info("bench: %s (%s)", entry.name, entry.format)
