@@ -98,8 +98,13 @@ def checked_batch_size(manifest: ArtifactManifest, precision: str) -> int:
     written before the exporter recorded it."""
     if precision != "int8":
         return DEFAULT_BATCH_SIZE
-    checks = manifest.checks.get("int8", {}).get("dynamic", {})
-    return int(checks.get("batch_size", DEFAULT_BATCH_SIZE))
+    int8 = manifest.checks.get("int8")
+    dynamic = int8.get("dynamic") if isinstance(int8, dict) else None
+    size = dynamic.get("batch_size", DEFAULT_BATCH_SIZE) if isinstance(dynamic, dict) else DEFAULT_BATCH_SIZE
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DistillInputError(f"manifest.json: checks.int8.dynamic.batch_size: {size!r} is not a positive "
+                                "integer (export the artifact again)")
+    return size
 
 
 class Predictor:

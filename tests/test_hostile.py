@@ -105,6 +105,14 @@ def test_an_empty_class_label_is_refused_with_its_row(tmp_path, recipe_data, cap
     refused_run(write_recipe(tmp_path / "r.yaml", recipe_data), capsys, "row 3", "label")
 
 
+def test_a_data_file_that_is_not_utf8_names_its_line(tmp_path, recipe_data, capsys):
+    ner = Path(recipe_data["tasks"][1]["source"]["files"])
+    lines = ner.read_bytes().split(b"\n")
+    lines[6] = lines[6].replace(b"[", b"[\"\xab\xf5\", ", 1)
+    ner.write_bytes(b"\n".join(lines))
+    refused_run(write_recipe(tmp_path / "r.yaml", recipe_data), capsys, "ner.jsonl", "line 7", "UTF-8")
+
+
 def test_a_data_file_too_small_for_dev_and_test_is_refused_before_any_work(tmp_path, recipe_data, capsys):
     csv = Path(recipe_data["tasks"][0]["source"]["files"])
     csv.write_text("\n".join(csv.read_text().splitlines()[:4]) + "\n")
@@ -188,7 +196,7 @@ def test_a_truncated_model_file_is_one_line_even_unverified(artifact, capsys):
     expect_error(["predict", artifact, "good film", "--no-verify"], capsys, "model.int8.onnx", "cannot load")
 
 
-@pytest.mark.parametrize("change", ["drop max_length", "turbo", "files escape"])
+@pytest.mark.parametrize("change", ["drop max_length", "turbo", "files escape", "checked batch size"])
 def test_a_manifest_field_missing_or_wrong_is_one_line_naming_it(artifact, capsys, change):
     manifest = json.loads((artifact / "manifest.json").read_text())
     if change == "drop max_length":
@@ -197,9 +205,12 @@ def test_a_manifest_field_missing_or_wrong_is_one_line_naming_it(artifact, capsy
     elif change == "turbo":
         manifest["optimization_level"] = "turbo"
         field = "optimization_level"
-    else:
+    elif change == "files escape":
         manifest["files"]["../../etc/passwd"] = "0" * 64
         field = "files"
+    else:
+        manifest["checks"]["int8"]["dynamic"]["batch_size"] = "many"
+        field = "batch_size"
     (artifact / "manifest.json").write_text(json.dumps(manifest))
     expect_error(["predict", artifact, "good film"], capsys, "manifest.json", field)
 
