@@ -12,9 +12,9 @@ import argparse
 import json
 import logging
 
-from benchmarks.run_args import add_run_args, run_recipe_of
+from benchmarks.run_args import add_run_args, run_entries, run_recipe_of
 from distill.bench.report import model_key
-from distill.bench.suite import model_entries, run_benchmarks
+from distill.bench.suite import run_benchmarks
 from distill.core.fileio import atomic_write_json
 from distill.pipeline import prepare
 
@@ -27,10 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = run_recipe_of(parser, args)
     state = prepare(recipe, args.run_dir)
-    models = {"teacher": args.run_dir / "teacher", **{s.name: args.run_dir / "students" / s.name
-                                                      for s in recipe.students}}
-    artifacts = {name: args.run_dir / "artifacts" / name for name in models}
-    entries = model_entries(models["teacher"], artifacts, models)
+    entries = run_entries(recipe, args.run_dir)
     medians: dict[str, list[float]] = {}
     for run in range(1, args.runs + 1):
         out = args.run_dir / "repeatability" / f"run-{run}"

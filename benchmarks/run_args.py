@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from distill.api import demo_recipe
+from distill.bench.measure import ModelEntry
+from distill.bench.suite import model_entries
 from distill.recipe import Recipe, load_recipe
 
 
@@ -23,6 +25,14 @@ def run_recipe_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if not args.demo and args.recipe is None:
         parser.error("give --demo or --recipe RECIPE")
     return demo_recipe(args.quick, args.base) if args.demo else load_recipe(args.recipe)
+
+
+def run_entries(recipe: Recipe, run_dir: Path) -> list[ModelEntry]:
+    """The finished run's models as `distill bench` measures them: the teacher, then each artifact's ONNX files."""
+    models = {"teacher": run_teacher_dir(recipe, run_dir),
+              **{s.name: run_dir / "students" / s.name for s in recipe.students}}
+    artifacts = {name: run_dir / "artifacts" / name for name in models}
+    return model_entries(models["teacher"], artifacts, models)
 
 
 def run_teacher_dir(recipe: Recipe, run_dir: Path) -> Path:

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.run_args import add_run_args, run_recipe_of
-from distill.bench.latency import bench_inputs, round_sizes, time_in_fresh_process, timed_calls
-from distill.bench.measure import measure_latencies, model_forward
+from benchmarks.run_args import add_run_args, run_entries, run_recipe_of
+from distill.bench.latency import round_sizes, run_in_fresh_process, timed_calls
+from distill.bench.measure import bench_feed, deployed_model, measure_latencies, model_forward
 from distill.bench.pareto import model_key
-from distill.bench.suite import model_entries
 from distill.core.fileio import atomic_write_json
 from distill.core.hardware import hardware
 from distill.pipeline import prepare
@@ -55,27 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = run_recipe_of(parser, args)
     state = prepare(recipe, args.run_dir)
-    models = {"teacher": args.run_dir / "teacher", **{s.name: args.run_dir / "students" / s.name
-                                                      for s in recipe.students}}
-    artifacts = {name: args.run_dir / "artifacts" / name for name in models}
-    entries = [e for e in model_entries(models["teacher"], artifacts, models) if e.format != "torch-fp32"]
+    entries = [e for e in run_entries(recipe, args.run_dir) if e.format != "torch-fp32"]
     threads = recipe.bench.threads or hardware()["cores"] or 1
     spec = recipe.bench.model_copy(update={"batch_sizes": [1], "other_seq_lens": [], "repeats": args.repeats,
                                            "rounds": args.rounds})
     inputs = [student_inputs(entry.model_dir, state.tasks, state.pad_id) for entry in entries]
     task = state.tasks[0].info.name
     bench = measure_latencies(entries, inputs, spec, threads)
-    feeds = [bench_inputs([ids for t in tasks for ids in t.encoded["test"].input_ids[:64]], 1, spec.seq_len, pad)[0]
-             for tasks, pad in inputs]
+    feeds = [bench_feed(tasks, pad, 1, spec.seq_len) for tasks, pad in inputs]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k, (entry, ids) in enumerate(zip(entries, feeds, strict=True)):
             ids_file = Path(tmp) / f"{k}.npy"
             np.save(ids_file, ids)
-            model = {"format": entry.format, "path": entry.path, "threads": threads,
-                     "level": entry.optimization_level}
-            alone = float(np.percentile(time_in_fresh_process(model, [ids_file], task, spec.warmup,
-                                                              args.repeats)[0], 50))
+            times, _ = run_in_fresh_process(deployed_model(entry, threads), [ids_file], task, spec.warmup,
+                                            args.repeats)
+            alone = float(np.percentile(times[0], 50))
             rows[model_key({"name": entry.name, "format": entry.format})] = {
                 "bench_p50_ms": bench[k][0]["p50"], "alone_p50_ms": alone}
     shared = shared_process_p50(entries, feeds, task, threads, spec.warmup, round_sizes(args.repeats, args.rounds))

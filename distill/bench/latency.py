@@ -51,37 +51,52 @@ _PROBE = """
 import json, sys
 import numpy as np
 args = json.loads(sys.argv[1])
+task = args["task"]
 if args["format"] == "torch-fp32":
     import torch
     from distill.data.evaluation import torch_forward
     from distill.model.multitask import MultiTaskModel
     torch.set_num_threads(args["threads"])
-    forward = torch_forward(MultiTaskModel.load(args["path"]))
+    model = MultiTaskModel.load(args["path"])
+    if task is None:
+        def forward(ids, mask):
+            with torch.inference_mode():
+                model(torch.from_numpy(ids), torch.from_numpy(mask))
+    else:
+        one_task = torch_forward(model)
+        def forward(ids, mask):
+            return one_task(task, ids, mask)
 else:
     from distill.runtime import OnnxForward, model_files
-    forward = OnnxForward(model_files(args["path"], args["format"].removeprefix("onnx-")), args["threads"],
-                          args["level"])
+    onnx = OnnxForward(model_files(args["path"], args["format"].removeprefix("onnx-")), args["threads"],
+                       args["level"])
+    def forward(ids, mask):
+        return onnx.run_all(ids, mask) if task is None else onnx(task, ids, mask)
 from distill.bench.latency import timed_calls
 times = []
 for feed in args["feeds"]:
     ids = np.load(feed)
     mask = np.ones_like(ids)
-    times.append(timed_calls(lambda: forward(args["task"], ids, mask), args["warmup"], args["repeats"]).tolist())
-print(json.dumps(times))
+    times.append(timed_calls(lambda: forward(ids, mask), args["warmup"], args["repeats"]).tolist())
+peak_mb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+print(json.dumps({"times": times, "peak_mb": peak_mb}))
 """
 
 
-def time_in_fresh_process(model: dict[str, Any], feeds: list[Path], task: str, warmup: int,
-                          repeats: int) -> list[np.ndarray]:
-    """Milliseconds of `repeats` calls at each feed (a saved input_ids array) after `warmup` calls, in a new
-    process that loads only `model` ({format, path, threads, level}) as deployed, with onnxruntime's default
-    session settings: nothing else's threads share the cores while it is timed."""
+def run_in_fresh_process(model: dict[str, Any], feeds: list[Path], task: str | None, warmup: int,
+                         repeats: int) -> tuple[list[np.ndarray], float]:
+    """Run `model` ({format, path, threads, level}) in a new process that loads only it, as deployed (onnxruntime's
+    default session settings): at each feed (a saved input_ids array) `warmup` untimed then `repeats` timed calls
+    of one task's output (`task`) or of every task's (None). Returns the milliseconds per feed and the process's
+    peak resident memory in MB (VmHWM: getrusage's ru_maxrss would carry the parent's high-water mark over the
+    exec). Nothing else's threads share the cores while it runs."""
     args = {**model, "path": str(model["path"]), "feeds": [str(f) for f in feeds], "task": task, "warmup": warmup,
             "repeats": repeats}
     done = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(args)], capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"timing {model['path']} ({model['format']}) failed: {done.stderr.strip()[-2000:]}")
-    return [np.asarray(t) for t in json.loads(done.stdout.strip().splitlines()[-1])]
+        raise RuntimeError(f"running {model['path']} ({model['format']}) failed: {done.stderr.strip()[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return [np.asarray(t) for t in result["times"]], float(result["peak_mb"])
 
 
 def round_sizes(repeats: int, rounds: int) -> list[int]:

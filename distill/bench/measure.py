@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.bench.latency import bench_inputs, round_sizes, summarise, time_in_fresh_process
+from distill.bench.latency import bench_inputs, round_sizes, run_in_fresh_process, summarise
 from distill.core.fileio import read_json
 from distill.core.progress import progress
 from distill.data.evaluation import ForwardFn, evaluate, primary_scores, torch_forward
@@ -79,35 +76,24 @@ def flops_estimate(model_dir: Path, seq_len: int) -> float:
     return total
 
 
-_MEMORY_PROBE = """
-import json, sys
-import numpy as np
-args = json.loads(sys.argv[1])
-ids = np.ones((args["batch"], args["seq_len"]), dtype=np.int64)
-if args["format"] == "torch-fp32":
-    import torch
-    from distill.model.multitask import MultiTaskModel
-    torch.set_num_threads(args["threads"])
-    with torch.inference_mode():
-        MultiTaskModel.load(args["path"])(torch.from_numpy(ids), torch.from_numpy(ids))
-else:
-    from distill.runtime import OnnxForward, model_files, model_files
-    OnnxForward(model_files(args["path"], args["format"].removeprefix("onnx-")), args["threads"],
-                args["level"]).run_all(ids, ids)
-status = open("/proc/self/status").read().split("VmHWM:")[1]
-print(int(status.split()[0]) / 1024)
-"""
+def deployed_model(entry: ModelEntry, threads: int) -> dict[str, Any]:
+    """What `run_in_fresh_process` loads for an entry: its format, files and optimisation level."""
+    return {"format": entry.format, "path": entry.path, "threads": threads, "level": entry.optimization_level}
+
+
+def bench_feed(tasks: list[TaskData], pad_id: int, batch: int, seq_len: int) -> np.ndarray:
+    """The input_ids the bench times a model on: real test-split token ids (64 per task), cycled or cut."""
+    sample = [ids for t in tasks for ids in t.encoded["test"].input_ids[:64]]
+    return bench_inputs(sample, batch, seq_len, pad_id)[0]
 
 
 def peak_memory_mb(entry: ModelEntry, batch: int, seq_len: int, threads: int) -> float:
-    """Peak resident memory (MB) of a fresh process that loads the model, as deployed, and runs one batch.
-
-    Read from VmHWM: getrusage's ru_maxrss would carry the parent's high-water mark over the exec."""
-    args = {"format": entry.format, "path": str(entry.path), "threads": threads, "level": entry.optimization_level,
-            "batch": batch, "seq_len": seq_len}
-    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(args)], capture_output=True, text=True,
-                          check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    """Peak resident memory (MB) of a fresh process that loads the model, as deployed, and runs one batch
+    (every task's output)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        feed = Path(tmp) / "ones.npy"
+        np.save(feed, np.ones((batch, seq_len), dtype=np.int64))
+        return run_in_fresh_process(deployed_model(entry, threads), [feed], None, warmup=0, repeats=1)[1]
 
 
 def latency_grid(spec: BenchSpec) -> list[tuple[int, int]]:
@@ -130,18 +116,17 @@ def measure_latencies(entries: list[ModelEntry], inputs: list[tuple[list[TaskDat
     with tempfile.TemporaryDirectory() as tmp:
         feeds = []
         for k, (tasks, pad) in enumerate(inputs):
-            sample = [ids for t in tasks for ids in t.encoded["test"].input_ids[:64]]
             feeds.append([Path(tmp) / f"{k}-{batch}x{seq_len}.npy" for batch, seq_len in grid])
             for feed, (batch, seq_len) in zip(feeds[-1], grid, strict=True):
-                np.save(feed, bench_inputs(sample, batch, seq_len, pad)[0])
+                np.save(feed, bench_feed(tasks, pad, batch, seq_len))
         sizes = round_sizes(spec.repeats, spec.rounds)
         with progress(total=len(sizes) * len(entries), desc="latency", unit="model") as bar:
             for count in sizes:
                 for k, entry in enumerate(entries):
-                    model = {"format": entry.format, "path": entry.path, "threads": threads,
-                             "level": entry.optimization_level}
-                    for s, got in enumerate(time_in_fresh_process(model, feeds[k], first_task, spec.warmup, count)):
-                        times[k][s].append(got)
+                    got, _ = run_in_fresh_process(deployed_model(entry, threads), feeds[k], first_task, spec.warmup,
+                                                  count)
+                    for s, shape_times in enumerate(got):
+                        times[k][s].append(shape_times)
                     bar.update(1)
     return [[{"batch": batch, "seq_len": seq_len, **summarise(np.concatenate(times[k][s]))}
              for s, (batch, seq_len) in enumerate(grid)] for k in range(len(entries))]
