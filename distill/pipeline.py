@@ -325,6 +325,7 @@ def _artifact_intact(directory: Path) -> bool:
 
 
 def stage_bench(state: RunState) -> None:
+    from distill.bench.model_card import write_model_cards
     from distill.bench.suite import model_entries, run_benchmarks
 
     recipe = state.recipe
@@ -338,9 +339,35 @@ def stage_bench(state: RunState) -> None:
                 verify_artifact(directory)
         models = {"teacher": state.teacher_dir, **state.student_dirs}
         entries = model_entries(state.teacher_dir, state.artifacts, models)
-        run_benchmarks(state.tasks, entries, recipe.bench, state.pad_id, state.out_dir)
+        report = run_benchmarks(state.tasks, entries, recipe.bench, state.pad_id, state.out_dir)
+        teacher_sizes = _teacher_sizes(state.teacher_dir, recipe.teacher.trust_remote_code)
+        write_model_cards(report, state.artifacts, _hub_base_model(recipe), teacher_sizes)
 
     state.run_stage("bench", sha256_json(inputs), [state.out_dir / "report.json"], body)
+
+
+def _hub_base_model(recipe: Recipe) -> str | None:
+    """The teacher's hub id, for the model cards (None for a local model, which a card cannot link to)."""
+    from distill.demo.assets import DEMO_HUB_IDS
+
+    spec = recipe.teacher
+    if spec.base_model and spec.base_model.startswith("demo:"):
+        return DEMO_HUB_IDS.get(spec.base_model)
+    for value in [spec.base_model] if spec.base_model else list((spec.per_task or {}).values()):
+        if not (recipe.base_dir / value).exists() and not Path(value).expanduser().exists():
+            return value  # a hub id: the checks before the run found no such path
+    return None
+
+
+def _teacher_sizes(teacher_dir: Path, trust_remote_code: bool) -> dict[str, int | None]:
+    from transformers import AutoConfig
+
+    from distill.model.encoder import config_value
+
+    config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=trust_remote_code)
+    return {"layers": config_value(config, "layers"), "hidden": config_value(config, "hidden"),
+            "heads": config_value(config, "heads"), "ffn": config_value(config, "ffn", 0) or None,
+            "vocab": getattr(config, "vocab_size", None)}
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, until: str = "bench", students: list[str] | None = None,

@@ -84,7 +84,7 @@ def tiny_recipe_dict(base: Path, data: dict[str, Path]) -> dict:
         "teacher": {"base_model": str(base), "epochs": 4, "batch_size": 16, "learning_rate": 2e-3},
         "students": [{"name": "s2", "layers": 2}],
         "distillation": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3},
-        "export": {"quantization": ["dynamic", "static"], "calibration_examples": 8},
+        "export": {"quantization": ["dynamic", "static"], "calibration_examples": 8, "hf_dirs": True},
         "bench": {"batch_sizes": [1, 2], "seq_len": 16, "other_seq_lens": [8], "repeats": 3, "rounds": 1, "warmup": 1},
     }
 

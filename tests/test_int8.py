@@ -270,3 +270,16 @@ def test_int8_checks_and_search_run_at_the_check_batch_size(trained_run, tiny_ba
     assert {"model.int8.onnx", "model.int8-static.onnx"} <= int8_models
     assert all(batches[m] == {3} for m in int8_models), batches
     assert all(manifest["checks"]["int8"][mode]["batch_size"] == 3 for mode in ("dynamic", "static"))
+
+
+def test_search_doubles_then_bisects_for_the_fewest_nodes():
+    noise = {f"n{k}": 1.0 - k / 10 for k in range(8)}
+    counts = []
+
+    def agreement(nodes):
+        counts.append(len(nodes))
+        return {"t": 0.99 + 0.001 * len(nodes)}  # the target is reached from 5 nodes on
+
+    done = search_fallbacks(list(noise), noise.get, agreement, target=0.995, max_nodes=8)
+    assert done.nodes == ["n0", "n1", "n2", "n3", "n4"] and done.reached
+    assert counts == [0, 1, 2, 4, 8, 6, 5], "doubling to 8, then bisecting between 4 and 8"

@@ -86,6 +86,8 @@ def test_deep_merge_merges_named_lists_by_name():
     merged = deep_merge(base, {"tasks": [{"name": "b", "limit": 5}], "teacher": {"epochs": 1}})
     assert merged["tasks"] == [{"name": "a", "x": 1}, {"name": "b", "x": 2, "limit": 5}]
     assert merged["teacher"] == {"epochs": 1, "lr": 1}
+    dropped = deep_merge(base, {"tasks": [{"name": "a", "drop": True}]})
+    assert dropped["tasks"] == [{"name": "b", "x": 2}]
 
 
 def test_demo_recipes_validate():

@@ -17,6 +17,7 @@ from distill.core.task_types import TaskType
 
 MANIFEST_FILE = "manifest.json"
 TASKS_FILE = "tasks.json"
+HF_DIR = "hf"  # per-task directories Hugging Face tools load (export.hf_dirs)
 SHA256 = r"^[0-9a-f]{64}$"
 
 
@@ -30,6 +31,7 @@ class ArtifactManifest(BaseModel):
     graphs: Literal["combined", "per_task"] = "combined"
     files: dict[str, str] = Field(description="file name -> sha256, as exported")
     checks: dict[str, Any] = {}
+    hf_dirs: dict[str, dict[str, str]] = Field(default={}, description="task -> the files of hf/TASK/ and sha256")
 
     @field_validator("files")
     @classmethod
@@ -39,6 +41,14 @@ class ArtifactManifest(BaseModel):
             if not re.match(SHA256, str(digest)):
                 raise ValueError(f"{name!r}: {digest!r} is not a sha256")
         return files
+
+    @field_validator("hf_dirs")
+    @classmethod
+    def _plain_tasks(cls, dirs: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for task, files in dirs.items():
+            check_name(task, "hf_dirs")
+            cls._plain_names(files)
+        return dirs
 
 
 class TaskEntry(BaseModel):
@@ -115,4 +125,6 @@ def verify_artifact(directory: Path) -> ArtifactManifest:
     """An artifact's manifest, after every file it records was compared with its sha256."""
     manifest = read_manifest(directory)
     verify_files(directory, manifest, manifest.files)
+    for task, files in manifest.hf_dirs.items():
+        verify_files(Path(directory) / HF_DIR / task, manifest.model_copy(update={"files": files}), files)
     return manifest

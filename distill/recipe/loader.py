@@ -103,7 +103,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `override` merged in; lists of named items merge by `name`."""
+    """`base` with `override` merged in; lists of named items merge by `name`, and an item `{name: X, drop: true}`
+    removes X."""
     merged = dict(base)
     for key, value in override.items():
         old = merged.get(key)
@@ -112,7 +113,8 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         elif isinstance(old, list) and isinstance(value, list) and all(isinstance(v, dict) and "name" in v
                                                                        for v in value):
             by_name = {v["name"]: v for v in value}
-            merged[key] = [deep_merge(item, by_name.get(item.get("name"), {})) for item in old]
+            merged[key] = [deep_merge(item, by_name.get(item.get("name"), {})) for item in old
+                           if by_name.get(item.get("name"), {}).get("drop") is not True]
         else:
             merged[key] = value
     return merged

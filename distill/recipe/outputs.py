@@ -15,6 +15,10 @@ class ExportSpec(Strict):
 
     fp32: bool = True
     int8: bool = True
+    hf_dirs: bool = Field(
+        default=False, description="also write hf/TASK/ per task: model.onnx (int8, dynamic when exported, with a "
+                                   "`logits` output), config.json with the labels, and the tokenizer, which "
+                                   "optimum.onnxruntime's ORTModelFor*Classification.from_pretrained loads as is")
     graphs: Literal["combined", "per_task"] = Field(
         default="combined", description="one graph with every task's logits as a named output, or one graph per task")
     quantization: list[Literal["dynamic", "static"]] = Field(
@@ -31,8 +35,9 @@ class ExportSpec(Strict):
                                    "they stay fp32: a few KB, and their rounding would land on the logits directly")
     int8_min_agreement: float | None = Field(
         default=None, gt=0, le=1, description="take the weight MatMuls with the most int8 noise out of the int8 "
-                                              "scheme, one at a time, until int8 and fp32 agree on this share of "
-                                              "every task's dev labels (off when unset); searched in the first "
+                                              "scheme (1, 2, 4, ... then bisected) until int8 and fp32 agree on "
+                                              "this share of every task's dev labels (off when unset); searched in "
+                                              "the first "
                                               "quantization mode, the other modes take the same nodes out")
     int8_agreement: Literal["expected", "labels"] = Field(
         default="expected", description="what int8_min_agreement bounds on dev: expected (each dev example's int8 "
