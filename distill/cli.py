@@ -50,6 +50,26 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="rerun every stage even when its inputs are unchanged")
     _resume_arg(demo)
 
+    init = sub.add_parser("init", help="write a commented starter recipe for a fine-tuned model (or one per task) "
+                          "and data files, task types guessed from the data")
+    init.add_argument("--model", action="append", required=True, metavar="PATH_OR_HUB_ID|TASK=DIR",
+                      help="the teacher: a model directory or hub id, or one fine-tuned checkpoint per task as "
+                           "TASK=DIR (repeatable)")
+    init.add_argument("--data", action="append", required=True, metavar="[TASK=]FILE",
+                      help="a task's data: a .csv, .json, .jsonl or .parquet file (split 80/10/10), or a directory "
+                           "with train/validation/test files; the task is named after the file unless TASK= "
+                           "(repeatable)")
+    init.add_argument("--out", type=Path, default=Path("recipe.yaml"), metavar="RECIPE",
+                      help="the recipe to write (default: recipe.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    init.add_argument("--text-field", action="append", default=[], metavar="[TASK=]COLUMN",
+                      help="the text column, when it cannot be guessed (repeatable)")
+    init.add_argument("--label-field", action="append", default=[], metavar="[TASK=]COLUMN",
+                      help="the label column, when it cannot be guessed (repeatable)")
+    init.add_argument("--type", action="append", default=[], metavar="[TASK=]TYPE",
+                      help="the task type, when it cannot be guessed: sequence_classification, "
+                           "token_classification, multi_label_classification or regression (repeatable)")
+
     check = sub.add_parser("check", help="check a recipe and everything it names (teacher, data, students' shapes) "
                            "without running or writing anything")
     check.add_argument("recipe", type=Path, help="recipe YAML file")
@@ -125,6 +145,12 @@ def _main(args: argparse.Namespace) -> int:
             print(f"task {task.info.name} ({task.info.type}, {len(task.info.labels)} labels): {sizes}")
         print(f"students: {', '.join(s.name for s in recipe.students)}")
         print(f"{args.recipe}: ok")
+        return 0
+    if args.command == "init":
+        from distill.init_recipe import InitOptions, write_starter_recipe
+
+        print("\n".join(write_starter_recipe(InitOptions(
+            args.model, args.data, args.out, args.force, args.text_field, args.label_field, args.type))))
         return 0
     if args.command == "compare":
         from distill.bench.compare import compare_reports

@@ -283,3 +283,27 @@ def test_search_doubles_then_bisects_for_the_fewest_nodes():
     done = search_fallbacks(list(noise), noise.get, agreement, target=0.995, max_nodes=8)
     assert done.nodes == ["n0", "n1", "n2", "n3", "n4"] and done.reached
     assert counts == [0, 1, 2, 4, 8, 6, 5], "doubling to 8, then bisecting between 4 and 8"
+
+
+def test_local_noise_ranks_a_matmul_with_an_outlier_input_channel_first(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from distill.export.int8_search import local_int8_noise
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "w")
+    boost = np.ones(8, np.float32)
+    boost[0] = 100.0  # one channel far larger than the rest: one int8 scale per tensor is coarse for the others
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["plain"], name="plain"),
+             helper.make_node("Mul", ["x", "boost"], ["x_boosted"], name="boost"),
+             helper.make_node("MatMul", ["x_boosted", "w"], ["boosted"], name="boosted")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, 8])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("plain", "boosted")],
+        [weight, numpy_helper.from_array(boost, "boost")])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    feeds = [{"x": rng.normal(size=(1, 6, 8)).astype(np.float32), "attention_mask": np.ones((1, 6), np.int64)}
+             for _ in range(4)]
+    noise = local_int8_noise(path, ["plain", "boosted"], feeds, per_channel=True, reduce_range=False)
+    assert 0 < noise["plain"] < 0.02 < noise["boosted"]

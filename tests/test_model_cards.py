@@ -71,5 +71,5 @@ def test_a_changed_hf_file_is_caught_by_the_artifact_check(trained_run, tmp_path
     assert set(json.loads((copy / "manifest.json").read_text())["hf_dirs"]) == {"sentiment", "ner"}
     with (copy / "hf" / "ner" / "config.json").open("a") as changed:
         changed.write(" ")
-    with pytest.raises(DistillInputError, match="hf/ner/config.json: sha256 differs"):
+    with pytest.raises(DistillInputError, match=r"hf/ner/config\.json: sha256 differs"):
         verify_artifact(copy)

@@ -27,8 +27,8 @@ def readme_recipe() -> dict:
 
 def readme_commands() -> list[list[str]]:
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Compress your own model"):text.index("## Per-task teachers")]
-    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    block = re.search(r"<!-- own-model commands -->\s*```bash\n(.*?)```", text, re.S)
+    assert block, "README lost its own-model commands"
     return [line.split(maxsplit=1)[1] for line in block.group(1).strip().splitlines()]
 
 

@@ -11,7 +11,7 @@ MatMuls' outputs 4-10x, at 0.06 ms a MatMul (one thread) where 8-bit block quant
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +19,10 @@ import numpy as np
 OUTLIER_SUFFIX = "_fp32_outliers"  # the small fp32 MatMuls, which the quantizer must leave alone
 
 
-def input_channel_max(model_path: Path, nodes: list[str],
-                      feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """For each named MatMul, max |x| per channel (last axis) of its input over the real tokens of `feeds`."""
+def matmul_inputs(model_path: Path, nodes: list[str],
+                  feeds: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, list[np.ndarray]]]:
+    """Per feed, each named MatMul's input as one [tokens, channels] array per example (real tokens only; an
+    input without the batch × sequence shape comes as one array of all its rows)."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
@@ -34,15 +35,24 @@ def input_channel_max(model_path: Path, nodes: list[str],
                               for t in tensors if t not in known)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     graph_inputs = {i.name for i in session.get_inputs()}
-    largest: dict[str, np.ndarray] = {}
     for feed in feeds:
         valid = feed["attention_mask"].astype(bool)  # padding tokens do not count
         run = session.run(tensors, {k: v for k, v in feed.items() if k in graph_inputs})
-        for name, values in zip(tensors, run, strict=True):
-            rows = values[valid] if values.shape[:2] == valid.shape else values.reshape(-1, values.shape[-1])
-            top = np.abs(rows).max(axis=0)
-            largest[name] = np.maximum(largest[name], top) if name in largest else top
-    return {node: largest[tensor] for node, tensor in inputs.items()}
+        rows = {name: [example[keep] for example, keep in zip(values, valid, strict=True)]
+                if values.shape[:2] == valid.shape else [values.reshape(-1, values.shape[-1])]
+                for name, values in zip(tensors, run, strict=True)}
+        yield {node: rows[tensor] for node, tensor in inputs.items()}
+
+
+def input_channel_max(model_path: Path, nodes: list[str],
+                      feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """For each named MatMul, max |x| per channel (last axis) of its input over the real tokens of `feeds`."""
+    largest: dict[str, np.ndarray] = {}
+    for inputs in matmul_inputs(model_path, nodes, feeds):
+        for node, examples in inputs.items():
+            top = np.abs(np.concatenate(examples)).max(axis=0)
+            largest[node] = np.maximum(largest[node], top) if node in largest else top
+    return largest
 
 
 def outlier_channels(channel_max: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:

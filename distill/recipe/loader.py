@@ -110,8 +110,8 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         old = merged.get(key)
         if isinstance(old, dict) and isinstance(value, dict):
             merged[key] = deep_merge(old, value)
-        elif isinstance(old, list) and isinstance(value, list) and all(isinstance(v, dict) and "name" in v
-                                                                       for v in value):
+        elif (isinstance(old, list) and isinstance(value, list) and value
+              and all(isinstance(v, dict) and "name" in v for v in value)):
             by_name = {v["name"]: v for v in value}
             merged[key] = [deep_merge(item, by_name.get(item.get("name"), {})) for item in old
                            if by_name.get(item.get("name"), {}).get("drop") is not True]
