@@ -147,7 +147,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{args.recipe}: ok")
         return 0
     if args.command == "init":
-        from distill.init_recipe import InitOptions, write_starter_recipe
+        from distill.init import InitOptions, write_starter_recipe
 
         print("\n".join(write_starter_recipe(InitOptions(
             args.model, args.data, args.out, args.force, args.text_field, args.label_field, args.type))))

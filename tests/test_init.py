@@ -13,7 +13,8 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from distill.cli import main
 from distill.core.errors import DistillInputError
-from distill.init_recipe import InitOptions, data_files, guess_task, write_starter_recipe
+from distill.init import InitOptions, write_starter_recipe
+from distill.init.data_guess import data_files, guess_task
 from distill.recipe import load_recipe
 
 
