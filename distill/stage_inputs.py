@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.core.fileio import sha256_dir, sha256_json
+from distill.core.fileio import sha256_dir, sha256_file, sha256_json
+from distill.core.manifest import MANIFEST_FILE
 from distill.data.tasks import TaskData, fingerprint
 from distill.recipe import Recipe, StudentSpec
 
@@ -45,8 +46,9 @@ def export_hash_inputs(recipe: Recipe, model_dir: Path, tasks: list[TaskData]) -
 
 
 def bench_hash_inputs(recipe: Recipe, artifacts: dict[str, Path], teacher_dir: Path, tasks: list[TaskData]) -> dict:
-    """Benchmarking: every artifact's files, the teacher's, the bench settings and the test data."""
-    return {"artifacts": {name: sha256_dir(path) for name, path in artifacts.items()},
+    """Benchmarking: every artifact (its manifest.json, which holds the sha256 of each of its files; the model card
+    the bench writes beside them does not count), the teacher's files, the bench settings and the test data."""
+    return {"artifacts": {name: sha256_file(path / MANIFEST_FILE) for name, path in artifacts.items()},
             "teacher": sha256_dir(teacher_dir), "bench": recipe.bench.model_dump(), "data": fingerprint(tasks)}
 
 

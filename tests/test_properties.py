@@ -142,7 +142,7 @@ def pristine_artifact(trained_run: Path) -> Path:
 @given(data=st.data())
 def test_mutated_artifacts_end_in_exit_0_or_one_line(pristine_artifact, tmp_path_factory, capsys, data):
     artifact = Path(shutil.copytree(pristine_artifact, tmp_path_factory.mktemp("artifact") / "s2"))
-    names = sorted(p.name for p in artifact.iterdir())
+    names = sorted(str(p.relative_to(artifact)) for p in artifact.rglob("*") if p.is_file())
     target = artifact / data.draw(st.sampled_from(names), label="file")
     how = data.draw(st.sampled_from(["truncate", "flip", "delete", "json field"]), label="how")
     raw = target.read_bytes()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from distill.core.errors import DistillInputError
+from distill.core.logs import logger_level
 from distill.demo.assets import DEMO_SOURCES
 from distill.recipe import SPLITS, Recipe, TaskSpec
 
@@ -97,7 +98,8 @@ def _read_source(task: TaskSpec, recipe: Recipe) -> dict[str, Split]:
             if fmt in ("csv", "json"):
                 _check_utf8(path)
             try:
-                table = datasets.load_dataset(fmt, data_files=str(path), split="train")
+                with logger_level(logging.CRITICAL, "datasets"):  # its error log, sometimes a traceback, is ours
+                    table = datasets.load_dataset(fmt, data_files=str(path), split="train")
             except Exception as exc:
                 raise DistillInputError(f"{path}: could not read as {fmt}: {exc}".replace("\n", " ")) from exc
             out[split] = _columns(task, table, str(path))

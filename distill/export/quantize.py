@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.core.logs import logger_level
 from distill.core.progress import progress
 from distill.data.batching import eval_batches, pad_batch
 from distill.data.evaluation import ForwardFn, predict
@@ -121,7 +122,7 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
     common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
                               "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
     try:
-        with root_log_level(logging.WARNING):
+        with logger_level(logging.WARNING):  # onnxruntime's quantizer logs a line per tensor
             if mode == "dynamic":
                 quantize_dynamic(str(source), str(int8_path), weight_type=QuantType.QInt8, **common)
             else:
@@ -235,18 +236,6 @@ def dev_sample(task: TaskData, n: int) -> TaskData:
     dev = task.encoded["dev"]
     words = dev.words[:n] if dev.words is not None else None
     return replace(task, encoded={"dev": EncodedSplit(dev.input_ids[:n], dev.labels[:n], words)})
-
-
-@contextmanager
-def root_log_level(level: int) -> Iterator[None]:
-    """onnxruntime's quantizer logs a line per tensor through the root logger; keep that out of the run log."""
-    root = logging.getLogger()
-    before = root.level
-    root.setLevel(max(level, before))
-    try:
-        yield
-    finally:
-        root.setLevel(before)
 
 
 def calibration_feeds(tasks: list[TaskData], per_task: int, pad_id: int) -> list[dict[str, np.ndarray]]:
