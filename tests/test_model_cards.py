@@ -33,6 +33,8 @@ def test_every_artifact_has_a_model_card_with_the_reports_numbers(trained_run):
             assert result["metrics"][0]["value"] == pytest.approx(int8["scores"][result["task"]["name"]], abs=5e-5)
         assert f"| onnx-int8 | `model.int8.onnx` | {int8['size_bytes'] / 1e6:.1f} | {int8['latency_ms']['p50']:.2f} |" \
             in card
+        assert (f"| {int8['latency_median_length_ms']['p50']:.2f} | {int8['gops']:.0f} "
+                f"({100 * int8['peak_share']:.1f} %) |") in card
         assert report["hardware"]["cpu"] in card
     student = (out / "artifacts" / "s2" / "README.md").read_text()
     assert "| layers | 4 | 2 |" in student, "the structure table compares the student with the teacher"

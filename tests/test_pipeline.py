@@ -38,8 +38,18 @@ def test_run_writes_run_json_and_a_valid_report(trained_run):
         assert 0 < model["latency_ms"]["p50"] <= model["latency_ms"]["p99"]
         assert set(model["scores"]) == {"sentiment", "ner"}
         assert model["mean_score"] == pytest.approx(sum(model["scores"].values()) / 2)
-        assert [(x["batch"], x["seq_len"]) for x in model["latencies"]] == [(1, 16), (2, 16), (1, 8)]
+        median = report["median_test_tokens"]
+        assert [(x["batch"], x["seq_len"]) for x in model["latencies"]] == [(1, 16), (2, 16), (1, 8)] + (
+            [(1, median)] if median not in (8, 16) else [])
+        assert model["latency_median_length_ms"]["seq_len"] == median and model["latency_median_length_ms"]["p50"] > 0
         assert model["peak_memory_mb"] > 10 and model["flops"] > 0
+        assert model["gops"] == pytest.approx(model["flops"] / model["latency_ms"]["p50"] / 1e6)
+        peak = report["machine_peak"]["int8_gops" if "int8" in model["format"] else "fp32_gops"]
+        assert model["peak_share"] == pytest.approx(model["gops"] / peak)
+    assert 3 <= report["median_test_tokens"] <= 16
+    shapes = {(s["m"], s["k"], s["n"]) for s in report["machine_peak"]["shapes"]}
+    assert shapes == {(16, 32, 32), (16, 32, 64)}, "hidden × hidden and hidden × FFN of the tiny models"
+    assert all(s["int8_gops"] > 0 and s["fp32_gops"] > 0 for s in report["machine_peak"]["shapes"])
     teacher = next(m for m in report["models"] if m["format"] == "torch-fp32")
     assert teacher["retention"] == 1.0
     assert teacher["scores"]["sentiment"] > 0.8, "the tiny teacher learns the toy sentiment task"

@@ -96,21 +96,40 @@ def peak_memory_mb(entry: ModelEntry, batch: int, seq_len: int, threads: int) ->
         return run_in_fresh_process(deployed_model(entry, threads), [feed], None, warmup=0, repeats=1)[1]
 
 
-def latency_grid(spec: BenchSpec) -> list[tuple[int, int]]:
-    """(batch, sequence length) shapes to time: every batch size at seq_len, then batch 1 at other lengths."""
+def latency_grid(spec: BenchSpec, extra_lengths: list[int] = ()) -> list[tuple[int, int]]:
+    """(batch, sequence length) shapes to time: every batch size at seq_len, then batch 1 at other lengths (the
+    recipe's, then `extra_lengths`)."""
     grid = [(batch, spec.seq_len) for batch in spec.batch_sizes]
-    return grid + [(1, length) for length in spec.other_seq_lens if length != spec.seq_len]
+    for length in [*spec.other_seq_lens, *extra_lengths]:
+        if (1, length) not in grid:
+            grid.append((1, length))
+    return grid
+
+
+def median_test_length(tasks: list[TaskData]) -> int:
+    """The median token count of the test examples of every task: what users' texts look like."""
+    return int(np.median([len(ids) for t in tasks for ids in t.encoded["test"].input_ids]))
+
+
+def gemm_shapes(model_dirs: list[Path], seq_len: int) -> list[tuple[int, int, int]]:
+    """The (tokens, in, out) products the models spend their time in: hidden × hidden and hidden × FFN."""
+    shapes = []
+    for model_dir in dict.fromkeys(model_dirs):
+        config = SimpleNamespace(**read_json(model_dir / "config.json"))
+        hidden = config_value(config, "hidden")
+        shapes += [(seq_len, hidden, hidden), (seq_len, hidden, config_value(config, "ffn", default=4 * hidden))]
+    return list(dict.fromkeys(shapes))
 
 
 def measure_latencies(entries: list[ModelEntry], inputs: list[tuple[list[TaskData], int]], spec: BenchSpec,
-                      threads: int) -> list[list[dict[str, Any]]]:
+                      threads: int, extra_lengths: list[int] = ()) -> list[list[dict[str, Any]]]:
     """For each model, its latency at every grid shape on its own (tasks, pad id) inputs.
 
     Each model is timed in a process of its own, as it is deployed: models loaded side by side in one process
     slow each other down (idle thread pools, caches), by 13-62 % on the base demo even without spinning threads.
     The calls are spread over `spec.rounds` rounds, the models taking turns (a new process each), so that a
     slow spell of a shared machine hits every model alike."""
-    grid = latency_grid(spec)
+    grid = latency_grid(spec, extra_lengths)
     first_task = inputs[0][0][0].info.name
     times: list[list[list[np.ndarray]]] = [[[] for _ in grid] for _ in entries]
     with tempfile.TemporaryDirectory() as tmp:

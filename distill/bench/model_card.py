@@ -115,21 +115,29 @@ def _structure(report: dict[str, Any], artifact: str, teacher: dict[str, Any]) -
 
 def _formats(report: dict[str, Any], artifact: str, directory: Path) -> list[str]:
     hardware = report.get("hardware", {})
+    median = report.get("median_test_tokens", "the median")
+    peak = report.get("machine_peak") or {}
     names = {report_name(artifact), artifact}
     models = [m for m in report["models"] if m["name"] in names and m["format"].startswith("onnx")]
     lines = ["## Files, size and latency", "",
              f"Measured by `distill bench` on {hardware.get('cpu', 'an unknown CPU')} "
              f"({hardware.get('threads', '?')} threads, onnxruntime {hardware.get('onnxruntime', '?')}); "
-             "latency is the median of single requests.", "",
-             "| format | file | size (MB) | p50 ms | batch × tokens | mean test score | retention |",
-             "|---|---|---|---|---|---|---|"]
+             f"latency is the median of single requests, at the bench's length and at the test texts' median "
+             f"length; GOP/s is the model's operations at its batch-1 p50"
+             + (f", against the {peak['int8_gops']:.0f} int8 / {peak['fp32_gops']:.0f} fp32 GOP/s the machine "
+                "reached in one matrix product" if peak else "") + ".", "",
+             f"| format | file | size (MB) | p50 ms | batch × tokens | p50 ms at {median} tokens | GOP/s (% of peak) "
+             "| mean test score | retention |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m in sorted(models, key=lambda x: x["size_bytes"]):
         files = model_files(directory, m["format"].removeprefix("onnx-"))
         file = ", ".join(f"`{p.name}`" for p in (files.values() if isinstance(files, dict) else [files] if files
                                                   else []))
-        lat = m["latency_ms"]
+        lat, at_median = m["latency_ms"], m.get("latency_median_length_ms") or {}
+        gops = f"{m['gops']:.0f} ({100 * m['peak_share']:.1f} %)" if "gops" in m else "-"
         lines.append(f"| {m['format']} | {file} | {m['size_bytes'] / 1e6:.1f} | {lat['p50']:.2f} | "
-                     f"{lat['batch']} × {lat['seq_len']} | {m['mean_score']:.4f} | {_cell(m.get('retention'), 3)} |")
+                     f"{lat['batch']} × {lat['seq_len']} | {_cell(at_median.get('p50'), 2)} | {gops} | "
+                     f"{m['mean_score']:.4f} | {_cell(m.get('retention'), 3)} |")
     return [*lines, ""]
 
 

@@ -24,16 +24,21 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The report table (header, rows sorted by size), shared by the Markdown and HTML renderings."""
     tasks = [t["name"] for t in report["tasks"]]
     front = set(report.get("pareto_front", []))
-    header = ["model", "role", "format", "params (M)", "size (MB)", "p50 ms", "p90 ms", "p99 ms", "throughput/s",
-              "peak MB", "GFLOPs", *tasks, "mean", "retention", "Pareto"]
+    median = report.get("median_test_tokens")
+    header = ["model", "role", "format", "params (M)", "size (MB)", "p50 ms", "p90 ms", "p99 ms",
+              f"p50 ms at {median} tokens" if median else "p50 ms at median length", "throughput/s", "peak MB",
+              "GFLOPs", "GOP/s", "% of peak", *tasks, "mean", "retention", "Pareto"]
     rows = []
     for m in sorted(report["models"], key=lambda x: x["size_bytes"]):
         lat = m["latency_ms"]
         retention = f"{m['retention']:.3f}" if m.get("retention") is not None else "-"
         rows.append([
             m["name"], m["role"], m["format"], f"{m['params'] / 1e6:.1f}", f"{m['size_bytes'] / 1e6:.1f}",
-            f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{m['throughput_per_s']:.1f}",
-            f"{m.get('peak_memory_mb', 0):.0f}", f"{m.get('flops', 0) / 1e9:.2f}",
+            f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}",
+            f"{m['latency_median_length_ms']['p50']:.2f}" if m.get("latency_median_length_ms") else "-",
+            f"{m['throughput_per_s']:.1f}", f"{m.get('peak_memory_mb', 0):.0f}", f"{m.get('flops', 0) / 1e9:.2f}",
+            f"{m['gops']:.0f}" if "gops" in m else "-",
+            f"{100 * m['peak_share']:.1f}" if "peak_share" in m else "-",
             *[f"{m['scores'][t]:.4f}" for t in tasks], f"{m['mean_score']:.4f}", retention,
             "*" if model_key(m) in front else "",
         ])
@@ -119,8 +124,18 @@ def _summary(report: dict[str, Any]) -> tuple[str, str, str]:
     tasks_line = "Tasks: " + ", ".join(f"{t['name']} ({t['metric']})" for t in report["tasks"])
     latency_line = (f"Latency: batch {lat['batch']} × {lat['seq_len']} tokens. Throughput at the largest batch. "
                     "Peak MB: peak resident memory of a fresh process running the model at the largest batch. "
+                    + _peak_line(report) +
                     "Pareto: no other model is both better and faster.")
     return hardware_line, tasks_line, latency_line
+
+
+def _peak_line(report: dict[str, Any]) -> str:
+    peak = report.get("machine_peak")
+    if not peak:
+        return ""
+    return (f"GOP/s: the model's operations (GFLOPs) at its batch-1 p50; % of peak: against the best matrix "
+            f"product onnxruntime ran on this machine at the models' shapes ({peak['int8_gops']:.0f} int8, "
+            f"{peak['fp32_gops']:.0f} fp32 GOP/s). ")
 
 
 def render_markdown(report: dict[str, Any]) -> str:

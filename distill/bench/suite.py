@@ -5,7 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from distill.bench.measure import ModelEntry, count_params, measure_latencies, measure_model, model_forward
+from distill.bench.measure import (
+    ModelEntry,
+    count_params,
+    gemm_shapes,
+    measure_latencies,
+    measure_model,
+    median_test_length,
+    model_forward,
+)
+from distill.bench.peak import achieved, machine_peak
 from distill.bench.report import add_retention, write_reports
 from distill.core.fileio import read_json
 from distill.core.hardware import hardware
@@ -45,19 +54,27 @@ def run_benchmarks(tasks: list[TaskData], entries: list[ModelEntry], spec: Bench
     forwards = [model_forward(entry, threads) for entry in entries]
     # a vocabulary-pruned student reads its own token ids
     inputs = [student_inputs(entry.model_dir, tasks, pad_id) for entry in entries]
+    log.info("bench: int8 and fp32 matrix products at the models' shapes, for the machine's peak")
+    peak = machine_peak(gemm_shapes([e.model_dir for e in entries], spec.seq_len), threads)
+    log.info("bench: peak %.0f int8 GOP/s, %.0f fp32 GOP/s", peak["int8_gops"], peak["fp32_gops"])
+    median = median_test_length(tasks)
     log.info("bench: timing %d models, each in a process of its own, in %d rounds", len(entries), spec.rounds)
-    latencies = measure_latencies(entries, inputs, spec, threads)
+    latencies = measure_latencies(entries, inputs, spec, threads, [median])
     models = []
     for k, (entry, forward, grid) in enumerate(zip(entries, forwards, latencies, strict=True)):
         log.info("bench: %s (%s)", entry.name, entry.format)
         entry_tasks, entry_pad = inputs[k]
         models.append(measure_model(entry, forward, grid, entry_tasks, spec, threads, entry_pad))
+        models[-1]["latency_median_length_ms"] = next(x for x in grid if x["batch"] == 1 and x["seq_len"] == median)
+        models[-1].update(achieved(models[-1]["flops"], models[-1]["latency_ms"]["p50"], entry.format, peak))
         if entry.role == "student" and (entry.model_dir / STUDENT_FILE).is_file():
             models[-1]["student"] = read_json(entry.model_dir / STUDENT_FILE)
     add_retention(models)
     report = {
         "hardware": hardware(threads),
         "tasks": [{"name": t.info.name, "type": t.info.type, "metric": t.info.metric} for t in tasks],
+        "median_test_tokens": median,
+        "machine_peak": peak,
         "models": models,
     }
     write_reports(report, out_dir)

@@ -62,9 +62,15 @@ def write_starter_recipe(options: InitOptions) -> list[str]:
     teacher = choose_teacher(options.models, tasks, base_dir)
     students = plan_students(teacher.config)
     text = render_recipe(tasks, teacher, students, base_dir, out, _command(options))
-    base_dir.mkdir(parents=True, exist_ok=True)
-    recipe = parse_recipe(yaml.safe_load(text), base_dir, origin=f"{out} (as written)")
-    checked = _check(recipe, teacher)
+    created = [d for d in (base_dir, *base_dir.parents) if not d.exists()]
+    base_dir.mkdir(parents=True, exist_ok=True)  # the recipe's relative paths start there
+    try:
+        recipe = parse_recipe(yaml.safe_load(text), base_dir, origin=f"{out} (as written)")
+        checked = _check(recipe, teacher)
+    except BaseException:
+        for directory in created:  # a refused recipe leaves nothing behind
+            directory.rmdir()
+        raise
     atomic_write_text(out, text)
     summary = ", ".join(f"{t.name} ({t.type}: {t.text_field} -> {t.label_field})" for t in tasks)
     return [f"wrote {out}: task(s) {summary}; teacher {next(iter(teacher.section))}; students "

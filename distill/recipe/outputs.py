@@ -23,7 +23,8 @@ class ExportSpec(Strict):
         default="combined", description="one graph with every task's logits as a named output, or one graph per task")
     quantization: list[Literal["dynamic", "static"]] = Field(
         default=["dynamic"], description="int8 modes: dynamic (weights only) and/or static (calibrated, QDQ)")
-    per_channel: bool = False
+    per_channel: bool = Field(default=True, description="int8 weights with one scale per output channel (a "
+                                                        "column whose values are small keeps its precision)")
     keep_fp32: list[str] = Field(
         default=[], description="regular expressions over ONNX node names; matching nodes stay fp32 in int8 models "
                                 "(e.g. 'layer\\.\\d+/output/dense' keeps every FFN output projection in fp32)")
@@ -34,10 +35,10 @@ class ExportSpec(Strict):
         default=False, description="quantize the task heads (the last Linear before each output) too; by default "
                                    "they stay fp32: a few KB, and their rounding would land on the logits directly")
     int8_min_agreement: float | None = Field(
-        default=None, gt=0, le=1, description="take the weight MatMuls with the most int8 noise out of the int8 "
-                                              "scheme (1, 2, 4, ... then bisected) until int8 and fp32 agree on "
-                                              "this share of every task's dev labels (off when unset); searched in "
-                                              "the first "
+        default=0.995, gt=0, le=1, description="take the weight MatMuls with the most int8 noise out of the int8 "
+                                               "scheme (1, 2, 4, ... then bisected) until int8 and fp32 agree on "
+                                               "this share of every task's dev labels (null turns it off); searched "
+                                               "in the first "
                                               "quantization mode, the other modes take the same nodes out")
     int8_agreement: Literal["expected", "labels"] = Field(
         default="expected", description="what int8_min_agreement bounds on dev: expected (each dev example's int8 "
