@@ -32,6 +32,13 @@ def readme_commands() -> list[list[str]]:
     return [line.split(maxsplit=1)[1] for line in block.group(1).strip().splitlines()]
 
 
+def readme_init_commands() -> list[list[str]]:
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"<!-- own-model init -->\s*```bash\n(.*?)```", text, re.S)
+    assert block, "README lost its own-model init commands"
+    return [line.split()[1:] for line in block.group(1).strip().splitlines()]
+
+
 def save_checkpoint(model_class, directory: Path, labels: list[str], tokenizer_dir: Path, seed: int) -> None:
     config = AutoConfig.for_model("roberta", vocab_size=400, hidden_size=32, num_hidden_layers=3,
                                   num_attention_heads=4, intermediate_size=64, max_position_embeddings=80,
@@ -43,7 +50,7 @@ def save_checkpoint(model_class, directory: Path, labels: list[str], tokenizer_d
         shutil.copy2(path, directory / path.name)
 
 
-def test_the_readme_recipe_compresses_per_task_roberta_checkpoints(tmp_path, capsys):
+def test_the_readme_recipe_compresses_per_task_roberta_checkpoints(tmp_path, capsys, monkeypatch):
     tokenizer_dir = tmp_path / "tokenizer"
     tokenizer_dir.mkdir()
     assert len(save_tokenizer("bpe", tokenizer_dir)) <= 400
@@ -52,6 +59,16 @@ def test_the_readme_recipe_compresses_per_task_roberta_checkpoints(tmp_path, cap
     save_checkpoint(RobertaForTokenClassification, tmp_path / "checkpoints" / "ner", ["O", "B-loc", "B-per"],
                     tokenizer_dir, 2)
     data = write_tiny_data(tmp_path / "data", n=80)
+    shutil.copy(data["sentiment"], tmp_path / "data" / "reviews.csv")  # the README's file names
+    shutil.copy(data["ner"], tmp_path / "data" / "tweets.jsonl")
+    init, check = readme_init_commands()
+    monkeypatch.chdir(tmp_path)
+    assert main(init) == 0, "distill init, as the README writes it"
+    started = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    assert started["teacher"]["per_task"] == {"sentiment": "./checkpoints/sentiment", "ner": "./checkpoints/ner"}
+    assert [(t["name"], t["type"]) for t in started["tasks"]] == [("sentiment", "sequence_classification"),
+                                                                   ("ner", "token_classification")]
+    assert check == ["check", "recipe.yaml"] and main(check) == 0
     recipe = readme_recipe()
     assert set(recipe["teacher"]["per_task"]) == {"sentiment", "ner"}
     recipe["tasks"][0]["source"]["files"] = str(data["sentiment"])
