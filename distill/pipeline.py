@@ -360,14 +360,13 @@ def _hub_base_model(recipe: Recipe) -> str | None:
 
 
 def _teacher_sizes(teacher_dir: Path, trust_remote_code: bool) -> dict[str, int | None]:
+    """The teacher's sizes for the model cards (None where its config holds none)."""
     from transformers import AutoConfig
 
-    from distill.model.encoder import config_value
+    from distill.model.encoder import config_sizes
 
     config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=trust_remote_code)
-    return {"layers": config_value(config, "layers"), "hidden": config_value(config, "hidden"),
-            "heads": config_value(config, "heads"), "ffn": config_value(config, "ffn", 0) or None,
-            "vocab": getattr(config, "vocab_size", None)}
+    return {key: value or None for key, value in config_sizes(config).items()}
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, until: str = "bench", students: list[str] | None = None,

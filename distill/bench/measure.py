@@ -58,10 +58,15 @@ def size_bytes(entry: ModelEntry) -> int:
     return sum(p.stat().st_size for p in (files.values() if isinstance(files, dict) else [files]))
 
 
+def saved_config(model_dir: Path) -> SimpleNamespace:
+    """A model directory's config.json as attributes, without transformers."""
+    return SimpleNamespace(**read_json(model_dir / "config.json"))
+
+
 def flops_estimate(model_dir: Path, seq_len: int) -> float:
     """Multiply-adds × 2 of one forward pass at batch 1 × seq_len, from the encoder's config.json (any family the
     encoder anatomy knows; heads removed by pruning, `config.pruned_heads`, shrink that layer's attention width)."""
-    config = SimpleNamespace(**read_json(model_dir / "config.json"))
+    config = saved_config(model_dir)
     hidden, layers = config_value(config, "hidden"), config_value(config, "layers")
     family = find_anatomy(config)
     ffn = config_value(config, "ffn", default=4 * hidden)
@@ -115,7 +120,7 @@ def gemm_shapes(model_dirs: list[Path], seq_len: int) -> list[tuple[int, int, in
     """The (tokens, in, out) products the models spend their time in: hidden × hidden and hidden × FFN."""
     shapes = []
     for model_dir in dict.fromkeys(model_dirs):
-        config = SimpleNamespace(**read_json(model_dir / "config.json"))
+        config = saved_config(model_dir)
         hidden = config_value(config, "hidden")
         shapes += [(seq_len, hidden, hidden), (seq_len, hidden, config_value(config, "ffn", default=4 * hidden))]
     return list(dict.fromkeys(shapes))

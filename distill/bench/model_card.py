@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from distill.bench.report import reference_teacher
 from distill.core.fileio import atomic_write_text
 from distill.core.manifest import read_manifest, read_tasks
 from distill.runtime import MODEL_FILES, model_files
@@ -25,10 +26,15 @@ def report_name(artifact: str) -> str:
     return "baseline" if artifact == "teacher" else artifact
 
 
+def artifact_models(report: dict[str, Any], artifact: str) -> list[dict[str, Any]]:
+    """The report entries of an artifact's ONNX files (the teacher's fp32 one and its int8 `baseline` ones)."""
+    names = {report_name(artifact), artifact}
+    return [m for m in report["models"] if m["name"] in names and m["format"].startswith("onnx")]
+
+
 def card_model(report: dict[str, Any], artifact: str) -> dict[str, Any] | None:
     """The report entry the card's model-index describes: the artifact's int8 model, else its fp32 one."""
-    names = {report_name(artifact), artifact}
-    by_format = {m["format"]: m for m in report["models"] if m["name"] in names and m["format"].startswith("onnx")}
+    by_format = {m["format"]: m for m in artifact_models(report, artifact)}
     return next((by_format[f] for f in FORMAT_PREFERENCE if f in by_format), None)
 
 
@@ -93,7 +99,7 @@ def _summary(artifact: str, chosen: dict[str, Any], base_model: str | None) -> s
 
 def _structure(report: dict[str, Any], artifact: str, teacher: dict[str, Any]) -> list[str]:
     built = next((m.get("student") for m in report["models"] if m["name"] == artifact and m.get("student")), None)
-    teacher_params = next((m["params"] for m in report["models"] if m["role"] == "teacher"), None)
+    teacher_params = (reference_teacher(report["models"]) or {}).get("params")
     rows = [("layers", teacher.get("layers"), len(built["teacher_layers"]) if built else None),
             ("hidden size", teacher.get("hidden"), built.get("hidden_size") if built else None),
             ("attention heads", teacher.get("heads"), built.get("attention_heads") if built else None),
@@ -117,8 +123,7 @@ def _formats(report: dict[str, Any], artifact: str, directory: Path) -> list[str
     hardware = report.get("hardware", {})
     median = report.get("median_test_tokens", "the median")
     peak = report.get("machine_peak") or {}
-    names = {report_name(artifact), artifact}
-    models = [m for m in report["models"] if m["name"] in names and m["format"].startswith("onnx")]
+    models = artifact_models(report, artifact)
     lines = ["## Files, size and latency", "",
              f"Measured by `distill bench` on {hardware.get('cpu', 'an unknown CPU')} "
              f"({hardware.get('threads', '?')} threads, onnxruntime {hardware.get('onnxruntime', '?')}); "
@@ -142,7 +147,7 @@ def _formats(report: dict[str, Any], artifact: str, directory: Path) -> list[str
 
 
 def _scores(report: dict[str, Any], chosen: dict[str, Any]) -> list[str]:
-    teacher = next((m for m in report["models"] if m["role"] == "teacher" and m["format"] == "torch-fp32"), None)
+    teacher = reference_teacher(report["models"])
     lines = [f"## Test scores ({chosen['format']})", "", "| task | metric | teacher | this model | retention |",
              "|---|---|---|---|---|"]
     for task in report["tasks"]:

@@ -13,9 +13,14 @@ from distill.core.fileio import atomic_write_json, atomic_write_text
 PLOT_FILE = "pareto.png"
 
 
+def reference_teacher(models: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The PyTorch teacher's entry: what every retention is measured against."""
+    return next((m for m in models if m["role"] == "teacher" and m["format"] == "torch-fp32"), None)
+
+
 def add_retention(models: list[dict[str, Any]]) -> None:
     """retention = mean score / the torch-fp32 teacher's mean score."""
-    teacher = next((m for m in models if m["role"] == "teacher" and m["format"] == "torch-fp32"), None)
+    teacher = reference_teacher(models)
     for model in models:
         model["retention"] = model["mean_score"] / teacher["mean_score"] if teacher and teacher["mean_score"] else None
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from distill.core.errors import DistillInputError
+from distill.core.task_types import TaskType
 from distill.init.arguments import split_assignment
 
 SAMPLE_ROWS = 1000
@@ -18,7 +19,7 @@ TEXT_NAMES = ("text", "sentence", "review", "content", "tokens", "words", "docum
               "utterance", "comment", "tweet")
 LABEL_NAMES = ("label", "labels", "ner_tags", "tags", "target", "targets", "score", "class", "category", "y")
 ID_NAMES = ("id", "idx", "index", "guid", "uid")
-TASK_TYPES = ("sequence_classification", "token_classification", "multi_label_classification", "regression")
+TASK_TYPES = get_args(TaskType)
 MULTI_LABEL_SEPARATORS = (",", "|", ";")
 
 

@@ -12,7 +12,7 @@ import yaml
 from distill.init.data_guess import TaskGuess
 from distill.init.student_plan import StudentPlan, _layers
 from distill.init.teacher_choice import TeacherChoice, _relative
-from distill.model.encoder import config_value
+from distill.model.encoder import config_sizes
 
 MAX_LENGTH = 128
 POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert")  # position ids start after the padding id
@@ -61,9 +61,9 @@ def _teacher_lines(teacher: TeacherChoice) -> list[tuple[str, str]]:
 
 def _shape(config: Any) -> str:
     """The teacher's sizes in words: 12 layers, hidden 768, 12 heads, FFN 3072, 30,522 word pieces."""
-    size = {key: config_value(config, key, default=0) for key in ("layers", "hidden", "heads", "ffn")}
+    size = config_sizes(config)
     return (f"{_layers(size['layers'])}, hidden {size['hidden']}, {size['heads']} heads, FFN {size['ffn']}, "
-            f"{int(getattr(config, 'vocab_size', 0) or 0):,} word pieces")
+            f"{size['vocab']:,} word pieces")
 
 
 def _student_lines(students: list[StudentPlan], teacher: TeacherChoice) -> list[tuple[str, str]]:

@@ -141,6 +141,12 @@ def config_value(config: object, key: str, default: int | None = None) -> int:
     return int(getattr(config, name) if default is None else getattr(config, name, default))
 
 
+def config_sizes(config: object) -> dict[str, int]:
+    """A config's layers, hidden, heads, ffn and vocab sizes by their common names (0 where it holds none)."""
+    sizes = {key: config_value(config, key, default=0) for key in ("layers", "hidden", "heads", "ffn")}
+    return {**sizes, "vocab": int(getattr(config, "vocab_size", 0) or 0)}
+
+
 def set_config_value(config: object, key: str, value: int) -> None:
     """Set one of a config's sizes by its common name."""
     family = find_anatomy(config)
