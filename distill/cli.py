@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--student", action="append", help="train only this student (repeatable)")
         if stage == "bench":
             cmd.add_argument("--no-verify", action="store_true", help=NO_VERIFY_HELP)
+            cmd.add_argument("--predictor", action="store_true",
+                             help="then time distill.runtime.Predictor end to end on raw test texts (tokenizer "
+                                  "included), one text at a time and in batches of 32, for every artifact's int8 "
+                                  "and fp32 models; writes DIR/predictor.json")
         if stage == "cache":
             cmd.add_argument("--json", action="store_true",
                              help="print run.json plus the cache entry (DIR/cache.json) as JSON, not a summary")
@@ -196,6 +200,10 @@ def _main(args: argparse.Namespace) -> int:
     report = Path(args.out) / "report.md"
     if args.command in ("run", "demo", "bench") and report.is_file():
         print(report.read_text(encoding="utf-8"))
+    if getattr(args, "predictor", False):
+        from distill.bench.predictor_timing import render_predictor_table, run_predictor_bench
+
+        print("\n".join(render_predictor_table(run_predictor_bench(recipe, Path(args.out)))))
     return 0
 
 

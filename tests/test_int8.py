@@ -136,23 +136,33 @@ def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_ba
     assert search["nodes"] == noisiest
     graph = onnx.load(str(tmp_path / "a" / "model.int8.onnx")).graph
     by_name = {n.name: n.op_type for n in graph.node}
+    assert dynamic["graph"] == "fused" and manifest["fusion"]["model"]["ops"]["Attention"] == 2
+    fused_fp32 = {n.name: n.op_type for n in onnx.load(str(tmp_path / "a" / "model.onnx")).graph.node}
+    matmuls = [name for name in search["nodes"] if fused_fp32[name] == "MatMul"]
+    # a fused Attention cannot be split or block-quantized: it falls back to fp32 whatever int8_fallback says
+    assert all(by_name[name] == "Attention" for name in search["nodes"] if fused_fp32[name] == "Attention")
     if fallback == "fp32":
-        assert all(by_name[name] == "MatMul" for name in search["nodes"])
+        assert all(by_name[name] == "MatMul" for name in matmuls)
     elif fallback == "outliers":
         small = [name for name in by_name if name.endswith(OUTLIER_SUFFIX)]
-        assert sorted(small) == sorted(f"{name}{OUTLIER_SUFFIX}" for name in search["nodes"])
+        assert sorted(small) == sorted(f"{name}{OUTLIER_SUFFIX}" for name in matmuls)
         assert all(by_name[name] == "MatMul" for name in small), "the outlier channels stay fp32"
         assert dynamic["outlier_channels"] == 8 and "outlier_channels" in manifest["checks"]["int8"]["static"]
     else:
-        assert not set(search["nodes"]) & {n for n, op in by_name.items() if op == "MatMul"}
-        assert sum(op == "MatMulNBits" for op in by_name.values()) == 2
+        assert not set(matmuls) & {n for n, op in by_name.items() if op == "MatMul"}
+        assert sum(op == "MatMulNBits" for op in by_name.values()) == len(matmuls)
     assert any(op == "MatMulInteger" for op in by_name.values())
     heads = [n for n, op in by_name.items() if n.startswith(("/model/sentiment/", "/model/ner/"))
              and op in ("MatMul", "Gemm", "MatMulInteger", "MatMulNBits")]
     assert len(heads) == 2 and all(by_name[n] in ("MatMul", "Gemm") for n in heads), "the heads (a Gemm too) stay fp32"
     assert "below export.int8_min_agreement" in caplog.text
-    static = manifest["checks"]["int8"]["static"]["fallback_search"]["model"]
-    assert static == {"nodes": search["nodes"], "searched_in": "dynamic"}, "static reuses the search"
+    static = manifest["checks"]["int8"]["static"]
+    assert static["graph"] == "unfused (static QDQ)"
+    assert static["fallback_search"]["model"]["searched_in"] == "dynamic", "static reuses the search"
+    if fallback != "block_int8":  # MatMulNBits nodes take new names
+        unfused = {n.name for n in onnx.load(str(tmp_path / "a" / "model.int8-static.onnx")).graph.node}
+        assert set(static["fallback_search"]["model"]["nodes"]) <= unfused, "fused nodes named in the unfused graph"
+    assert len(static["fallback_search"]["model"]["nodes"]) == len(matmuls) + 3 * (2 - len(matmuls))
     for precision in ("int8", "int8-static"):
         assert Predictor(tmp_path / "a", precision=precision).predict(["the film was great fun"])
     assert not list((tmp_path / "a").glob("*probe*"))

@@ -61,7 +61,7 @@ def model_card(report: dict[str, Any], artifact: str, directory: Path, base_mode
     body += _structure(report, artifact, teacher)
     body += _formats(report, artifact, directory)
     body += _scores(report, chosen)
-    body += _int8_checks(manifest.checks)
+    body += _int8_checks(manifest.checks, getattr(manifest, "fusion", None) or {})
     body += _usage(directory, tasks)
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
 
@@ -158,16 +158,20 @@ def _scores(report: dict[str, Any], chosen: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _int8_checks(checks: dict[str, Any]) -> list[str]:
+def _int8_checks(checks: dict[str, Any], fusion: dict[str, Any]) -> list[str]:
     lines = ["## Export checks", "",
              f"ONNX fp32 against PyTorch: largest logit difference {checks.get('fp32_max_abs_diff', float('nan')):.1e} "
              f"(tolerance {checks.get('parity_tolerance', float('nan')):.0e})."]
+    for graph, done in fusion.items():
+        what = ", ".join(f"{op} {count}" for op, count in done.get("ops", {}).items())
+        lines.append(f"- {graph}: fused by onnxruntime's transformer optimizer ({what})" if done.get("fused")
+                     else f"- {graph}: not fused ({done.get('note', '')})")
     for mode, check in (checks.get("int8") or {}).items():
         agreement = check.get("test_label_agreement_vs_fp32", {})
         shares = ", ".join(f"{task} {100 * share:.2f} %" for task, share in agreement.items())
         fallback = sum(len(s.get("nodes", [])) for s in (check.get("fallback_search") or {}).values())
         lines.append(f"- {mode} int8: test labels equal to fp32's: {shares}"
-                     + (f"; {fallback} MatMul(s) kept out of per-tensor int8 by the accuracy search" if fallback
+                     + (f"; {fallback} weight product(s) kept out of per-tensor int8 by the accuracy search" if fallback
                         else ""))
     return [*lines, ""]
 

@@ -19,6 +19,7 @@ from distill.data.evaluation import evaluate, primary_scores, torch_forward
 from distill.data.tasks import TaskData
 from distill.export.agreement import expected_agreement, label_agreement
 from distill.export.embeddings import on_int4_grid
+from distill.export.fusion import fuse_graphs, matching_nodes, unfuse_graphs
 from distill.export.hf_dirs import write_hf_dirs
 from distill.export.onnx_graph import (
     PARITY_EXAMPLES,
@@ -59,8 +60,21 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         fp32_path = _graph_files(tmp, "fp32", model, spec.graphs)
         for task, path in _by_task(fp32_path):
             export_onnx(model, path, spec.opset, task)
+        unfused = {task: path.with_name(f"{path.stem}.unfused.onnx") for task, path in _by_task(fp32_path)}
+        fusions = fuse_graphs(dict(_by_task(fp32_path)), unfused, spec.int8_embeddings != "per_row") \
+            if spec.fuse else {}
         fp32 = OnnxForward(fp32_path, optimization_level=level)
         parity = fp32_parity(model, fp32, tasks, pad_id)
+        if parity > spec.parity_tolerance and any(f.fused for f in fusions.values()):
+            reason = f"fused logits differ from PyTorch by {parity:.2e} (> export.parity_tolerance " \
+                     f"{spec.parity_tolerance:.0e})"
+            fusions = unfuse_graphs(dict(_by_task(fp32_path)), unfused, reason)
+            log.warning("%s: %s; the graphs ship unfused", model_dir.name, next(iter(fusions.values())).note)
+            fp32 = OnnxForward(fp32_path, optimization_level=level)
+            parity = fp32_parity(model, fp32, tasks, pad_id)
+        for graph, fusion in fusions.items():
+            log.info("%s: %s", model_dir.name if graph is None else f"{model_dir.name} {graph}",
+                     f"fused {fusion.ops}" if fusion.fused else f"unfused: {fusion.note}")
         log.info("%s: ONNX fp32 max abs logit difference vs PyTorch %.2e", model_dir.name, parity)
         if parity > spec.parity_tolerance:
             raise DistillError(f"export of {model_dir}: ONNX fp32 differs from PyTorch by {parity:.2e} "
@@ -78,29 +92,36 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         word_bits = 4 if on_int4_grid(model.encoder.get_input_embeddings().weight.detach().numpy()) else 8
         # the fp32 fallback search runs in the first int8 mode; later modes keep the same nodes in fp32
         fallbacks: dict[str | None, list[str]] = {}
+        searched_in: dict[str | None, Path] = {}  # the graph whose node names `fallbacks` holds
         first_mode = spec.quantization[0]
         for mode in spec.quantization if spec.int8 else []:
             precision = "int8" if mode == "dynamic" else "int8-static"
             int8_path = _graph_files(tmp, precision, model, spec.graphs)
             feeds = calibration_feeds(tasks, spec.calibration_examples, pad_id) if mode == "static" else None
-            excluded, searches = [], {}
-            for (task, source), (_, target) in zip(_by_task(fp32_path), _by_task(int8_path), strict=True):
+            excluded, searches, graph = [], {}, "unfused"
+            for (task, fp32_source), (_, target) in zip(_by_task(fp32_path), _by_task(int8_path), strict=True):
                 graph_tasks = [t for t in tasks if task is None or t.info.name == task]
-                kept, search = quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id,
-                                               fallbacks.get(task))
+                source, found = fp32_source, fallbacks.get(task)
+                if task in fusions and fusions[task].fused:
+                    graph = "fused"
+                    if mode == "static":  # QDQ has no fused Attention: the unfused graph, fused by the runtime
+                        source, graph = unfused[task], "unfused (static QDQ)"
+                if found and searched_in[task] != source:
+                    found = matching_nodes(searched_in[task], source, found)
+                kept, search = quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id, found)
                 excluded += kept
                 if search is not None:
                     searches[task or "model"] = search.as_dict()
-                    fallbacks[task] = search.nodes
+                    fallbacks[task], searched_in[task] = search.nodes, source
                 elif task in fallbacks:
-                    searches[task or "model"] = {"nodes": fallbacks[task], "searched_in": first_mode}
+                    searches[task or "model"] = {"nodes": found, "searched_in": first_mode}
             int8 = OnnxForward(int8_path, optimization_level=level)
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev",
                                                       batch_size=spec.check_batch_size))
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
             int8_test = split_predictions(int8, tasks, "test", pad_id, spec.check_batch_size)
             checks["int8"][mode] = {
-                "files": [p.name for _, p in _by_task(int8_path)], "per_channel": spec.per_channel,
+                "files": [p.name for _, p in _by_task(int8_path)], "graph": graph, "per_channel": spec.per_channel,
                 "fp32_nodes": len(excluded), "embeddings": spec.int8_embeddings,
                 **({"word_embedding_bits": word_bits} if spec.int8_embeddings == "per_row" else {}),
                 **({"fallback": spec.int8_fallback, "fallback_search": searches} if searches else {}),
@@ -122,12 +143,15 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 "int8-static" if spec.int8 else "fp32")
             hf_dirs = write_hf_dirs(tmp, model_dir, _graph_files(tmp, precision, model, spec.graphs), read_tasks(tmp))
             log.info("%s: Hugging Face directories (%s) in %s/", model_dir.name, precision, HF_DIR)
+        for path in unfused.values():
+            path.unlink(missing_ok=True)
         if not spec.fp32:
             for _, path in _by_task(fp32_path):
                 path.unlink()
         manifest = {
             "source_model": str(model_dir), "max_length": max_length, "positions": positions,
             "optimization_level": level,
+            **({"fusion": {graph or "model": f.as_dict() for graph, f in fusions.items()}} if fusions else {}),
             "graphs": spec.graphs,
             "inputs": {"model_sha256": sha256_dir(model_dir), "export": spec.model_dump()},
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.export.fusion import FUSED_ATTENTION
+
 log = logging.getLogger(__name__)
 
 
@@ -95,14 +97,15 @@ def search_fallbacks(candidates: list[str], noise_of: Callable[[str], float],
     return result
 
 
-def weight_matmuls(model_path: Path, gemm: bool = True) -> list[str]:
-    """MatMul (and Gemm) nodes whose second input is a stored weight (what dynamic int8 quantizes)."""
+def weight_matmuls(model_path: Path, gemm: bool = True, attention: bool = True) -> list[str]:
+    """The products of an activation with a stored weight (what dynamic int8 quantizes): MatMul, Gemm unless
+    `gemm` is False, and a fused Attention (see `distill.export.fusion`) unless `attention` is False."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
-    kinds = ("MatMul", "Gemm") if gemm else ("MatMul",)
-    return [n.name for n in graph.node if n.op_type in kinds and n.input[1] in weights]
+    kinds = ("MatMul",) + (("Gemm",) if gemm else ()) + ((FUSED_ATTENTION,) if attention else ())
+    return [n.name for n in graph.node if n.op_type in kinds and len(n.input) > 1 and n.input[1] in weights]
 
 
 def logit_noise(reference: dict[str, list[np.ndarray]], other: dict[str, list[np.ndarray]]) -> float:
@@ -173,6 +176,7 @@ def block_int8_matmuls(model_path: Path, nodes: list[str]) -> None:
     model = onnx.load(str(model_path))
     # nodes_to_include adds to the op types it converts anyway; every other float MatMul (the fp32 heads) is excluded
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(nodes)]
+    nodes = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name in set(nodes)]
     quantizer = MatMulNBitsQuantizer(model, nodes_to_include=list(nodes), nodes_to_exclude=others, algo_config=config)
     quantizer.process()
     quantizer.model.save_model_to_file(str(model_path), False)

@@ -97,6 +97,7 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
                       fallback_nodes: list[str] | None = None, fallback: str = "fp32",
                       only_nodes: list[str] | None = None, outliers: dict[str, np.ndarray] | None = None) -> None:
     """`quantize_int8` from a graph `prepared_graph` made (left unchanged)."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -110,21 +111,26 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
     if fallback == "outliers":
         assert outliers is not None or not fallback_nodes, "fallback outliers needs the channels of each node"
         small: list[str] = []
+        splittable = set(weight_matmuls(source, gemm=False, attention=False)) & set(outliers or {})
+        whole = [n for n in fallback_nodes or [] if n not in splittable]  # a fused Attention falls back to fp32
         if outliers and fallback_nodes:
             shutil.copyfile(source, split)
             source = split
-            small = split_outlier_channels(split, {n: outliers[n] for n in fallback_nodes})
-        excluded = sorted(set(prepared.kept) | set(prepared.heads) | set(small))
+            small = split_outlier_channels(split, {n: outliers[n] for n in fallback_nodes if n in splittable})
+        excluded = sorted(set(prepared.kept) | set(prepared.heads) | set(small) | set(whole))
     else:
         excluded = sorted(set(prepared.kept) | set(prepared.heads) | set(fallback_nodes or []))
     excluded += gemm_matmul_names(source, excluded)
     tables = embedding_gathers(source) if embeddings != "per_tensor" or only_nodes is not None else []
+    # onnx's shape inference does not know onnxruntime's fused operators: their outputs are float
+    untyped = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     common: dict[str, Any] = {"per_channel": per_channel, "reduce_range": reduce_range,
                               "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
     try:
         with logger_level(logging.WARNING):  # onnxruntime's quantizer logs a line per tensor
             if mode == "dynamic":
-                quantize_dynamic(str(source), str(int8_path), weight_type=QuantType.QInt8, **common)
+                quantize_dynamic(str(source), str(int8_path), weight_type=QuantType.QInt8, extra_options=untyped,
+                                 **common)
             else:
                 class Reader(CalibrationDataReader):
                     def __init__(self) -> None:
@@ -136,7 +142,8 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
                 quantize_static(str(source), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 op_types_to_quantize=["MatMul", "Gemm", "Gather"],
-                                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
+                                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, **untyped},
+                                **common)
         if embeddings == "per_row" and only_nodes is None:
             quantize_embedding_rows(int8_path)
         if fallback == "block_int8" and fallback_nodes:
@@ -174,14 +181,17 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
         if spec.int8_min_agreement is None or found is not None:
             quantize(target, found)
             return kept, None
-        return kept, _search(source, target, spec, tasks, pad_id, quantize, fp32_anyway,
+        # named in the prepared graph, which the quantizer reads (its pre-processing folds a product of constants)
+        candidates = [n for n in weight_matmuls(prepared.path, gemm=spec.int8_fallback == "fp32")
+                      if n not in fp32_anyway]
+        return kept, _search(source, target, spec, tasks, pad_id, quantize, candidates,
                              lambda nodes: local_int8_noise(prepared.path, nodes,
                                                             calibration_feeds(tasks, RANKING_EXAMPLES, pad_id),
                                                             spec.per_channel, preset["reduce_range"]))
 
 
 def _search(source: Path, target: Path, spec: ExportSpec, tasks: list[TaskData], pad_id: int,
-            quantize: Callable[..., None], fp32_anyway: set[str],
+            quantize: Callable[..., None], candidates: list[str],
             local_noise: Callable[[list[str]], dict[str, float]]) -> FallbackSearch:
     """The fallback search of `quantize_graph` (see `distill.export.int8_search`), on dev at check_batch_size.
     Of a deep model's MatMuls, only the SHORTLIST_PER_NODE × int8_max_fallback_nodes with the largest int8 error
@@ -194,7 +204,6 @@ def _search(source: Path, target: Path, spec: ExportSpec, tasks: list[TaskData],
     sample = [dev_sample(t, RANKING_EXAMPLES) for t in tasks]
     sample_fp32 = split_predictions(reference, sample, "dev", pad_id, batch)
     # MatMulNBits and the outlier split replace MatMuls only; a Gemm (a classifier head) can only fall back to fp32
-    candidates = [n for n in weight_matmuls(source, gemm=spec.int8_fallback == "fp32") if n not in fp32_anyway]
     shortlist, total = SHORTLIST_PER_NODE * spec.int8_max_fallback_nodes, len(candidates)
     if len(candidates) > shortlist:
         own_error = local_noise(candidates)

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.export.fusion import FUSED_ATTENTION
+
 SMOOTH_SUFFIX = "_smoothed"
+SMOOTHED_OPS = ("MatMul", FUSED_ATTENTION)
 DEAD_CHANNEL_FLOOR = 0.01  # of the median channel max (the demo's smallest channel max is 6-14 % of it)
 
 
@@ -30,7 +33,7 @@ def smoothing_scales(model_path: Path, channel_max: dict[str, np.ndarray], alpha
     uses = Counter(name for node in graph.node for name in node.input)
     groups: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
-        if node.name in channel_max and node.op_type == "MatMul" and node.input[1] in weights \
+        if node.name in channel_max and node.op_type in SMOOTHED_OPS and node.input[1] in weights \
                 and uses[node.input[1]] == 1:
             groups.setdefault(node.input[0], []).append(node)
     scales: dict[str, np.ndarray] = {}
@@ -58,7 +61,7 @@ def smooth_inputs(model_path: Path, scales: dict[str, np.ndarray]) -> None:
     smoothed: dict[str, str] = {}
     nodes = []
     for node in graph.node:
-        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        weight = weights.get(node.input[1]) if node.op_type in SMOOTHED_OPS else None
         if node.name in scales and weight is not None and list(weight.dims[:1]) == [len(scales[node.name])]:
             x, s = node.input[0], scales[node.name]
             if x not in smoothed:

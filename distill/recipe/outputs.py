@@ -19,6 +19,14 @@ class ExportSpec(Strict):
         default=False, description="also write hf/TASK/ per task: model.onnx (int8, dynamic when exported, with a "
                                    "`logits` output), config.json with the labels, and the tokenizer, which "
                                    "optimum.onnxruntime's ORTModelFor*Classification.from_pretrained loads as is")
+    fuse: bool = Field(
+        default=True, description="fuse each fp32 graph with onnxruntime's transformer optimizer first (Attention, "
+                                  "SkipLayerNormalization, BiasGelu, and EmbedLayerNormalization unless "
+                                  "int8_embeddings is per_row): the fused graph is the fp32 model and the source of "
+                                  "dynamic int8 (QAttention); static int8 quantizes the unfused graph, whose QDQ "
+                                  "products onnxruntime fuses itself when a session opens. A graph whose fused "
+                                  "logits differ from PyTorch by more than parity_tolerance ships unfused; the "
+                                  "manifest counts the fused operators per graph")
     graphs: Literal["combined", "per_task"] = Field(
         default="combined", description="one graph with every task's logits as a named output, or one graph per task")
     quantization: list[Literal["dynamic", "static"]] = Field(
