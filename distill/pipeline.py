@@ -155,6 +155,7 @@ def prepare(recipe: Recipe, out_dir: Path, force: bool | str = False, resume: bo
 def _check_student_shapes(recipe: Recipe, source: Path | str) -> None:
     from transformers import AutoConfig
 
+    from distill.model.encoder import usable_positions
     from students.build import check_student_shape
 
     try:
@@ -163,6 +164,10 @@ def _check_student_shapes(recipe: Recipe, source: Path | str) -> None:
         raise DistillInputError(f"{source}: no readable config.json: {exc}".replace("\n", " ")) from exc
     for spec in recipe.students:
         check_student_shape(spec, config)
+    positions = usable_positions(config)
+    if positions is not None and recipe.max_length > positions:
+        raise DistillInputError(f"max_length: {recipe.max_length} tokens, but the teacher {source} has "
+                                f"{positions} positions; set max_length to {positions} or less")
 
 
 def stage_teacher(state: RunState) -> None:

@@ -93,3 +93,55 @@ def test_fallback_nodes_name_their_counterparts_in_the_other_graph(exported, tmp
     assert len(qkv) == 3
     assert matching_nodes(fused, plain, [second_attention, ffn]) == [*qkv, ffn]
     assert matching_nodes(plain, fused, [*qkv, ffn]) == [second_attention, ffn]
+
+
+
+def _export_student(trained_run, tiny_base, tmp_path, spec):
+    from distill.core.tokenizer import load_tokenizer
+    from distill.data.tasks import encode_tasks, load_tasks
+    from distill.export.artifact import export_artifact
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(tiny_base)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    return export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec, recipe.max_length,
+                           tokenizer.pad_token_id)
+
+
+def test_a_fused_graph_that_changes_the_logits_ships_unfused(trained_run, tiny_base, tmp_path, monkeypatch, caplog):
+    from onnx import numpy_helper
+
+    import distill.export.artifact as exporter
+    from distill.recipe import ExportSpec
+
+    real = exporter.fuse_graphs
+
+    def fuse_wrongly(graphs, unfused, fuse_embeddings):
+        fusions = real(graphs, unfused, fuse_embeddings)
+        for path in graphs.values():  # a broken fusion: every LayerNorm scale of the fused graph doubled
+            model = onnx.load(str(path))
+            fused = {n.input[2] for n in model.graph.node if n.op_type == "SkipLayerNormalization"}
+            for tensor in model.graph.initializer:
+                if tensor.name in fused:
+                    tensor.CopyFrom(numpy_helper.from_array(2 * numpy_helper.to_array(tensor), tensor.name))
+            onnx.save(model, str(path))
+        return fusions
+
+    monkeypatch.setattr(exporter, "fuse_graphs", fuse_wrongly)
+    manifest = _export_student(trained_run, tiny_base, tmp_path, ExportSpec(int8_min_agreement=None))
+    assert manifest["fusion"]["model"]["fused"] is False
+    assert "fused logits differ from PyTorch" in manifest["fusion"]["model"]["note"] and "ship unfused" in caplog.text
+    assert manifest["checks"]["fp32_max_abs_diff"] <= 1e-4 and manifest["checks"]["int8"]["dynamic"]["graph"] == \
+        "unfused"
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "a" / "model.onnx")).graph.node}
+    assert "SkipLayerNormalization" not in ops and not list((tmp_path / "a").glob("*unfused*"))
+
+
+def test_fuse_false_exports_the_graph_as_traced(trained_run, tiny_base, tmp_path):
+    from distill.recipe import ExportSpec
+
+    manifest = _export_student(trained_run, tiny_base, tmp_path, ExportSpec(fuse=False, int8_min_agreement=None))
+    assert "fusion" not in manifest and manifest["checks"]["int8"]["dynamic"]["graph"] == "unfused"
+    assert "QAttention" not in {n.op_type for n in onnx.load(str(tmp_path / "a" / "model.int8.onnx")).graph.node}

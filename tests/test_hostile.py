@@ -145,6 +145,14 @@ def test_a_student_wider_than_the_teacher_is_refused_before_any_work(tmp_path, r
     assert not out.exists()
 
 
+def test_a_max_length_longer_than_the_teachers_positions_is_refused_before_any_work(tmp_path, recipe_data, capsys):
+    recipe_data["max_length"] = 100  # the tiny teacher has 64 positions
+    out = tmp_path / "out"
+    expect_error(["run", write_recipe(tmp_path / "r.yaml", recipe_data), "--out", out], capsys,
+                 "max_length", "64 positions")
+    assert not out.exists()
+
+
 def test_a_pickled_per_task_checkpoint_is_refused(tmp_path, recipe_data, capsys, tiny_base):
     checkpoint = tmp_path / "pickled"
     shutil.copytree(tiny_base, checkpoint)

@@ -91,7 +91,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         # per_row stores a table trained on a 4-bit grid (students' embedding_bits: 4) at 4 bits, others at 8
         word_bits = 4 if on_int4_grid(model.encoder.get_input_embeddings().weight.detach().numpy()) else 8
         # the fp32 fallback search runs in the first int8 mode; later modes keep the same nodes in fp32
-        fallbacks: dict[str | None, list[str]] = {}
+        fallbacks: dict[str | None, tuple[list[str], str]] = {}  # the nodes taken out, and what they became
         searched_in: dict[str | None, Path] = {}  # the graph whose node names `fallbacks` holds
         first_mode = spec.quantization[0]
         for mode in spec.quantization if spec.int8 else []:
@@ -107,14 +107,14 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                     if mode == "static":  # QDQ has no fused Attention: the unfused graph, fused by the runtime
                         source, graph = unfused[task], "unfused (static QDQ)"
                 if found and searched_in[task] != source:
-                    found = matching_nodes(searched_in[task], source, found)
+                    found = (matching_nodes(searched_in[task], source, found[0]), found[1])
                 kept, search = quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id, found)
                 excluded += kept
                 if search is not None:
                     searches[task or "model"] = search.as_dict()
-                    fallbacks[task], searched_in[task] = search.nodes, source
-                elif task in fallbacks:
-                    searches[task or "model"] = {"nodes": found, "searched_in": first_mode}
+                    fallbacks[task], searched_in[task] = (search.nodes, search.fallback), source
+                elif found is not None:
+                    searches[task or "model"] = {"nodes": found[0], "fallback": found[1], "searched_in": first_mode}
             int8 = OnnxForward(int8_path, optimization_level=level)
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev",
                                                       batch_size=spec.check_batch_size))

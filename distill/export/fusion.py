@@ -121,10 +121,10 @@ def fuse_graph(source: Path, target: Path, fuse_embeddings: bool) -> Fusion:
     with logger_level(logging.ERROR):  # its modules log under their own top-level names
         optimized = optimize_model(str(source), model_type=OPTIMIZER_MODEL_TYPE, num_heads=0, hidden_size=0,
                                    optimization_options=options, opt_level=0)
-    ops = fused_op_counts(optimized.model)
-    if not ops:
-        return Fusion(False, {}, "no subgraph matched onnxruntime's transformer fusions")
-    optimized.save_model_to_file(str(target))
+        ops = fused_op_counts(optimized.model)
+        if not ops:
+            return Fusion(False, {}, "no subgraph matched onnxruntime's transformer fusions")
+        optimized.save_model_to_file(str(target))
     return Fusion(True, ops)
 
 

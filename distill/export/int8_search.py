@@ -38,6 +38,8 @@ class FallbackSearch:
     measure: str = "labels"
     dev_label_agreement: dict[str, float] = field(default_factory=dict)
     candidates: int = 0  # MatMuls that could leave int8; `noise` holds those measured end to end
+    fallback: str = "outliers"  # what the nodes became (export.int8_fallback, or fp32 where that fell short)
+    short_fallback: dict = field(default_factory=dict)  # the int8_fallback result that fell short, when escalated
 
     @property
     def reached(self) -> bool:
@@ -48,18 +50,21 @@ class FallbackSearch:
         return {"target_dev_agreement": self.target, "measure": self.measure, "reached": self.reached,
                 "nodes": self.nodes, "dev_agreement_all_int8": self.agreement_before, "dev_agreement": self.agreement,
                 "dev_label_agreement": self.dev_label_agreement, "noisiest_nodes": top,
-                "candidates": self.candidates, "measured_end_to_end": len(self.noise)}
+                "candidates": self.candidates, "measured_end_to_end": len(self.noise), "fallback": self.fallback,
+                **({"fell_short": self.short_fallback} if self.short_fallback else {})}
 
 
 def search_fallbacks(candidates: list[str], noise_of: Callable[[str], float],
                      agreement_with: Callable[[list[str]], dict[str, float]], target: float, max_nodes: int,
-                     progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> FallbackSearch:
+                     progress: Callable[[Iterable[str]], Iterable[str]] = iter,
+                     agreement_before: dict[str, float] | None = None) -> FallbackSearch:
     """Rank `candidates` by `noise_of` (one node quantized alone); take the 1, 2, 4, ... noisiest out until
     `agreement_with(fallback nodes)` (dev agreement per task, which also quantizes the graph) is at least
     `target` everywhere, then bisect for the fewest that reach it; short of the target within `max_nodes`,
-    keep the fewest nodes with the best result measured."""
+    keep the fewest nodes with the best result measured. `agreement_before`: the agreement with no node out,
+    when it is known already."""
     result = FallbackSearch(target=target)
-    result.agreement_before = result.agreement = agreement_with([])
+    result.agreement_before = result.agreement = agreement_before or agreement_with([])
     if result.reached or max_nodes == 0:
         return result
     result.noise = {name: noise_of(name) for name in progress(candidates)}

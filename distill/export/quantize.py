@@ -156,12 +156,14 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
 
 def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, preset: dict[str, Any],
                     feeds: list[dict[str, np.ndarray]] | None, tasks: list[TaskData], pad_id: int,
-                    found: list[str] | None = None) -> tuple[list[str], FallbackSearch | None]:
+                    found: tuple[list[str], str] | None = None) -> tuple[list[str], FallbackSearch | None]:
     """One int8 graph; with `export.int8_min_agreement`, the fallback search on dev (see int8_search),
-    unless another mode's search `found` the nodes already. Returns the keep_fp32 nodes and the search."""
+    unless another mode's search `found` the nodes (and what they became) already. Returns the keep_fp32 nodes
+    and the search."""
     kept = fp32_node_names(source, spec.keep_fp32)
     fp32_anyway = set(kept) | set([] if spec.int8_heads else head_nodes(source))
-    need_outliers = spec.int8_fallback == "outliers" and (bool(found) or spec.int8_min_agreement is not None)
+    need_outliers = (found[1] == "outliers" and bool(found[0])) if found is not None else \
+        spec.int8_fallback == "outliers" and spec.int8_min_agreement is not None
     scales: dict[str, np.ndarray] = {}
     outliers = None
     if spec.int8_smoothing is not None or need_outliers:
@@ -174,12 +176,16 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
             outliers = outlier_channels(smoothed_channel_max(channel_max, scales), spec.int8_outlier_channels)
 
     with prepared_graph(source, target, spec.keep_fp32, spec.int8_heads, scales) as prepared:
-        def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None) -> None:
+        def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None,
+                     fallback: str = spec.int8_fallback) -> None:
             quantize_prepared(prepared, path, mode, spec.per_channel, preset["reduce_range"], feeds,
-                              spec.int8_embeddings, fallback_nodes, spec.int8_fallback, only, outliers)
+                              spec.int8_embeddings, fallback_nodes, fallback, only, outliers)
 
-        if spec.int8_min_agreement is None or found is not None:
-            quantize(target, found)
+        if found is not None:
+            quantize(target, *found[:1], fallback=found[1])
+            return kept, None
+        if spec.int8_min_agreement is None:
+            quantize(target)
             return kept, None
         # named in the prepared graph, which the quantizer reads (its pre-processing folds a product of constants)
         candidates = [n for n in weight_matmuls(prepared.path, gemm=spec.int8_fallback == "fp32")
@@ -219,8 +225,8 @@ def _search(source: Path, target: Path, spec: ExportSpec, tasks: list[TaskData],
 
     counted: dict[str, float] = {}
 
-    def agreement_with(fallback_nodes: list[str]) -> dict[str, float]:
-        quantize(target, fallback_nodes)
+    def agreement_with(fallback_nodes: list[str], fallback: str = spec.int8_fallback) -> dict[str, float]:
+        quantize(target, fallback_nodes, fallback=fallback)
         dev_int8 = split_predictions(OnnxForward(target, optimization_level=level), tasks, "dev", pad_id, batch)
         counted.update(label_agreement(tasks, "dev", dev_int8, dev_fp32))  # the last call quantizes the chosen graph
         return dict(counted) if spec.int8_agreement == "labels" else expected_agreement(tasks, "dev", dev_fp32,
@@ -233,12 +239,34 @@ def _search(source: Path, target: Path, spec: ExportSpec, tasks: list[TaskData],
                                                          leave=False, unit="node"))
     finally:
         probe.unlink(missing_ok=True)
+    search.fallback = spec.int8_fallback
+    if not search.reached and search.noise and spec.int8_fallback != "fp32":
+        search = _escalate_to_fp32(search, target, spec, agreement_with)
     search.measure, search.dev_label_agreement, search.candidates = spec.int8_agreement, counted, total
     if not search.reached:
         log.warning("%s: int8 dev agreement %s is below export.int8_min_agreement %s with %d fallback node(s) "
                     "(export.int8_max_fallback_nodes)", target.name, search.agreement, spec.int8_min_agreement,
                     len(search.nodes))
     return search
+
+
+def _escalate_to_fp32(short: FallbackSearch, target: Path, spec: ExportSpec,
+                      agreement_with: Callable[..., dict[str, float]]) -> FallbackSearch:
+    """The search again, the same ranked nodes falling back to fp32 (exact, slower) where `int8_fallback` fell
+    short of the target; whichever agrees better is kept (the graph is left quantized with it)."""
+    assert spec.int8_min_agreement is not None
+    log.info("int8 search (%s): int8_fallback %s falls short of %s; the same nodes in fp32", target.name,
+             spec.int8_fallback, spec.int8_min_agreement)
+    ranked = sorted(short.noise, key=lambda n: -short.noise[n])
+    exact = search_fallbacks(ranked, short.noise.__getitem__, lambda nodes: agreement_with(nodes, "fp32"),
+                             spec.int8_min_agreement, spec.int8_max_fallback_nodes,
+                             agreement_before=short.agreement_before)
+    exact.noise, exact.fallback = short.noise, "fp32"
+    if min(exact.agreement.values()) <= min(short.agreement.values()):
+        agreement_with(short.nodes)  # the first result agrees better: quantize it again
+        return short
+    exact.short_fallback = {"fallback": short.fallback, "nodes": short.nodes, "dev_agreement": short.agreement}
+    return exact
 
 
 def dev_sample(task: TaskData, n: int) -> TaskData:

@@ -12,10 +12,9 @@ import yaml
 from distill.init.data_guess import TaskGuess
 from distill.init.student_plan import StudentPlan, _layers
 from distill.init.teacher_choice import TeacherChoice, _relative
-from distill.model.encoder import config_sizes
+from distill.model.encoder import config_sizes, usable_positions
 
 MAX_LENGTH = 128
-POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert")  # position ids start after the padding id
 
 
 def _flow(value: Any) -> str:
@@ -77,11 +76,9 @@ def _student_lines(students: list[StudentPlan], teacher: TeacherChoice) -> list[
 
 def max_length_for(config: Any) -> tuple[int, str]:
     """128 tokens, or fewer when the teacher has fewer positions (RoBERTa's first ones are reserved); and why."""
-    positions = getattr(config, "max_position_embeddings", None)
+    positions = usable_positions(config)
     if not positions:
         return MAX_LENGTH, "tokens per example; longer texts are truncated"
-    if getattr(config, "model_type", "") in POSITION_OFFSET_TYPES:
-        positions -= int(getattr(config, "pad_token_id", 0) or 0) + 1
     if positions >= MAX_LENGTH:
         return MAX_LENGTH, f"tokens per example; longer texts are truncated (the teacher takes up to {positions})"
     return max(9, positions), f"tokens per example: all the teacher's {positions} positions"

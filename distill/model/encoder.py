@@ -141,6 +141,20 @@ def config_value(config: object, key: str, default: int | None = None) -> int:
     return int(getattr(config, name) if default is None else getattr(config, name, default))
 
 
+# position ids start after the padding id: the first pad_token_id + 1 rows of the table are never a position
+POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "mpnet")
+
+
+def usable_positions(config: object) -> int | None:
+    """The longest input the encoder's position table takes (None: no absolute positions or no stated limit)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions or getattr(config, "position_biased_input", True) is False:  # DeBERTa's relative positions
+        return None
+    if getattr(config, "model_type", "") in POSITION_OFFSET_TYPES:
+        positions -= int(getattr(config, "pad_token_id", 0) or 0) + 1
+    return int(positions)
+
+
 def config_sizes(config: object) -> dict[str, int]:
     """A config's layers, hidden, heads, ffn and vocab sizes by their common names (0 where it holds none)."""
     sizes = {key: config_value(config, key, default=0) for key in ("layers", "hidden", "heads", "ffn")}
