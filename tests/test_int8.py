@@ -134,6 +134,34 @@ def test_the_search_puts_the_nodes_in_fp32_where_the_outlier_split_falls_short(t
     assert not [name for name in by_name if name.endswith(OUTLIER_SUFFIX)], "no outlier split left in the graph"
 
 
+def test_fp32_that_barely_helps_is_not_worth_its_latency(trained_run, tiny_base, tmp_path, monkeypatch, caplog):
+    import distill.export.artifact as exporter
+    import distill.export.quantize as quantize
+
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(tiny_base)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    # split: 0.6, 0.7 (short of 0.99); in fp32: 0.72, 0.75, less than half of the 0.29 still missing
+    values = iter([0.5, 0.6, 0.7, 0.72, 0.75] + [0.7] * 100)
+    for module in (quantize, exporter):
+        monkeypatch.setattr(module, "expected_agreement",
+                            lambda tasks, *_: dict.fromkeys((t.info.name for t in tasks), next(values)))
+    spec = ExportSpec(int8_min_agreement=0.99, int8_max_fallback_nodes=2, int8_fallback="outliers")
+    with caplog.at_level(logging.INFO):
+        manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
+                                   recipe.max_length, tokenizer.pad_token_id)
+    assert "fp32 agrees 0.7500 against 0.7000, too little for its latency" in caplog.text
+    search = manifest["checks"]["int8"]["dynamic"]["fallback_search"]["model"]
+    assert search["fallback"] == "outliers" and len(search["nodes"]) == 2 and "fell_short" not in search
+    assert search["dev_agreement"]["sentiment"] == pytest.approx(0.7)
+    names = {n.name for n in onnx.load(str(tmp_path / "a" / "model.int8.onnx")).graph.node}
+    fused = {n.name: n.op_type for n in onnx.load(str(tmp_path / "a" / "model.onnx")).graph.node}
+    matmuls = [n for n in search["nodes"] if fused[n] == "MatMul"]
+    assert all(f"{n}{OUTLIER_SUFFIX}" in names for n in matmuls), "quantized again with the outlier split"
+    assert all(n in names for n in search["nodes"] if fused[n] == "Attention"), "a fused attention stays fp32"
+
+
 @pytest.mark.parametrize("fallback", ["fp32", "block_int8", "outliers"])
 def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_base, tmp_path, monkeypatch, caplog,
                                                             fallback):
