@@ -2,7 +2,8 @@
 bench length, timed three ways in one run:
 
 - bench: what `distill bench` does, a process of its own per model and round, the models taking turns;
-- alone: one fresh process that loads only that model and makes every call;
+- alone: one fresh process that loads only that model and makes every call, once before and once after the bench's
+  timing (their mean; `drift` is after / before - 1: how much the shared machine itself moved meanwhile);
 - shared: every model loaded in one process, timed in turns, threads not spinning between runs (what the
   bench did before, kept to show why it stopped).
 
@@ -60,18 +61,27 @@ def main(argv: list[str] | None = None) -> int:
                                            "rounds": args.rounds})
     inputs = [student_inputs(entry.model_dir, state.tasks, state.pad_id) for entry in entries]
     task = state.tasks[0].info.name
-    bench = measure_latencies(entries, inputs, spec, threads)
     feeds = [bench_feed(tasks, pad, 1, spec.seq_len) for tasks, pad in inputs]
-    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for k, (entry, ids) in enumerate(zip(entries, feeds, strict=True)):
-            ids_file = Path(tmp) / f"{k}.npy"
-            np.save(ids_file, ids)
-            times, _ = run_in_fresh_process(deployed_model(entry, threads), [ids_file], task, spec.warmup,
-                                            args.repeats)
-            alone = float(np.percentile(times[0], 50))
-            rows[model_key({"name": entry.name, "format": entry.format})] = {
-                "bench_p50_ms": bench[k][0]["p50"], "alone_p50_ms": alone}
+        files = []
+        for k, ids in enumerate(feeds):
+            files.append(Path(tmp) / f"{k}.npy")
+            np.save(files[-1], ids)
+
+        def alone_p50s() -> list[float]:
+            return [float(np.percentile(run_in_fresh_process(deployed_model(entry, threads), [ids_file], task,
+                                                             spec.warmup, args.repeats)[0][0], 50))
+                    for entry, ids_file in zip(entries, files, strict=True)]
+
+        # alone before and after the bench's own timing: a slow spell of a shared machine shows as drift
+        before = alone_p50s()
+        bench = measure_latencies(entries, inputs, spec, threads)
+        after = alone_p50s()
+    rows = {}
+    for k, entry in enumerate(entries):
+        rows[model_key({"name": entry.name, "format": entry.format})] = {
+            "bench_p50_ms": bench[k][0]["p50"], "alone_p50_ms": (before[k] + after[k]) / 2,
+            "alone_before_ms": before[k], "alone_after_ms": after[k], "alone_drift": after[k] / before[k] - 1}
     shared = shared_process_p50(entries, feeds, task, threads, spec.warmup, round_sizes(args.repeats, args.rounds))
     for row, p50 in zip(rows.values(), shared, strict=True):
         row["shared_p50_ms"] = p50
@@ -81,13 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"hardware": hardware(threads), "seq_len": spec.seq_len, "repeats": args.repeats, "models": rows,
                "max_abs_bench_vs_alone": max(abs(r["bench_vs_alone"]) for r in rows.values()),
+               "max_abs_alone_drift": max(abs(r["alone_drift"]) for r in rows.values()),
                "max_abs_shared_vs_alone": max(abs(r["shared_vs_alone"]) for r in rows.values())}
     atomic_write_json(out / "summary.json", summary)
-    print(f"{'model':32} {'alone ms':>9} {'bench ms':>9} {'vs alone':>9} {'shared ms':>10} {'vs alone':>9}")
+    print(f"{'model':32} {'alone ms':>9} {'drift':>7} {'bench ms':>9} {'vs alone':>9} {'shared ms':>10} "
+          f"{'vs alone':>9}")
     for key, row in rows.items():
-        print(f"{key:32} {row['alone_p50_ms']:9.2f} {row['bench_p50_ms']:9.2f} {row['bench_vs_alone'] * 100:+8.1f}% "
-              f"{row['shared_p50_ms']:10.2f} {row['shared_vs_alone'] * 100:+8.1f}%")
-    print(json.dumps({k: summary[k] for k in ("max_abs_bench_vs_alone", "max_abs_shared_vs_alone")}))
+        print(f"{key:32} {row['alone_p50_ms']:9.2f} {row['alone_drift'] * 100:+6.1f}% {row['bench_p50_ms']:9.2f} "
+              f"{row['bench_vs_alone'] * 100:+8.1f}% {row['shared_p50_ms']:10.2f} "
+              f"{row['shared_vs_alone'] * 100:+8.1f}%")
+    print(json.dumps({k: summary[k] for k in ("max_abs_bench_vs_alone", "max_abs_alone_drift",
+                                               "max_abs_shared_vs_alone")}))
     return 0
 
 

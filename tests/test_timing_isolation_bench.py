@@ -14,4 +14,5 @@ def test_timing_isolation_times_every_onnx_model_three_ways(trained_run, monkeyp
     for row in summary["models"].values():
         assert row["bench_p50_ms"] > 0 and row["alone_p50_ms"] > 0 and row["shared_p50_ms"] > 0
         assert abs(row["bench_vs_alone"] - (row["bench_p50_ms"] / row["alone_p50_ms"] - 1)) < 1e-9
+        assert row["alone_p50_ms"] == (row["alone_before_ms"] + row["alone_after_ms"]) / 2
     assert "max_abs_bench_vs_alone" in capsys.readouterr().out
