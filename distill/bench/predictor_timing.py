@@ -31,14 +31,15 @@ PREDICTOR_FILE = "predictor.json"
 
 _PROBE = """
 import json, sys
+from pathlib import Path
 from distill.bench.predictor_timing import time_predictor
 args = json.loads(sys.argv[1])
-texts = json.loads(open(args["texts"], encoding="utf-8").read())
+texts = json.loads(Path(args["texts"]).read_text(encoding="utf-8"))
 print(json.dumps(time_predictor(args["artifact"], args["precision"], texts, args["threads"])))
 """
 
 
-def test_texts(tasks: list[TaskData], count: int = PREDICTOR_TEXTS) -> list[str]:
+def sample_test_texts(tasks: list[TaskData], count: int = PREDICTOR_TEXTS) -> list[str]:
     """Up to `count` raw test texts, taken in turn from each task (a token task's words joined by spaces)."""
     pools = [[" ".join(t) if isinstance(t, list) else str(t) for t in task.splits["test"].texts] for task in tasks]
     texts: list[str] = []
@@ -75,7 +76,7 @@ def predictor_timings(artifacts: dict[str, Path], tasks: list[TaskData], threads
     written to out_dir/predictor.json."""
     from distill.runtime import model_files
 
-    texts = test_texts(tasks)
+    texts = sample_test_texts(tasks)
     runs = [(name, precision) for name, directory in artifacts.items() for precision in ("int8", "fp32")
             if model_files(directory, precision) is not None]
     rows = []

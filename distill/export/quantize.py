@@ -186,7 +186,7 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
                               spec.int8_embeddings, fallback_nodes, fallback, only, outliers)
 
         if found is not None:
-            quantize(target, *found[:1], fallback=found[1])
+            quantize(target, found[0], fallback=found[1])
             return kept, None
         if spec.int8_min_agreement is None:
             quantize(target)
@@ -194,8 +194,8 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
         # named in the prepared graph, which the quantizer reads (its pre-processing folds a product of constants).
         # A fused attention can only leave int8 whole, its product and softmax in fp32 (the quick demo's
         # l2-f768-e4: 2.25 -> 3.59 ms with both out): with the split or block int8 the search picks MatMuls
-        whole = spec.int8_fallback == "fp32"
-        candidates = [n for n in weight_matmuls(prepared.path, gemm=whole, attention=whole) if n not in fp32_anyway]
+        exact = spec.int8_fallback == "fp32"
+        candidates = [n for n in weight_matmuls(prepared.path, gemm=exact, attention=exact) if n not in fp32_anyway]
         return kept, _search(source, target, spec, tasks, pad_id, quantize, candidates,
                              lambda nodes: local_int8_noise(prepared.path, nodes,
                                                             calibration_feeds(tasks, RANKING_EXAMPLES, pad_id),
