@@ -5,10 +5,11 @@ into one `Attention` node, residual + LayerNorm into `SkipLayerNormalization`, b
 embeddings + LayerNorm into `EmbedLayerNormalization`. Dynamic int8 then turns `Attention` into `QAttention`
 (one int8 product for Q, K and V, the rest in one kernel): on the quick demo's 3-layer student 4.57 -> 4.01 ms
 int8 at batch 1 x 128 (2 threads, AMD EPYC), and what a user who does not distil would take for the teacher
-(optimum's O2 level). The patterns are BERT's, which RoBERTa, ELECTRA and DistilBERT share; in other families
-(MPNet's relative position bias, DeBERTa's disentangled attention, ModernBERT's rotary attention) only some
-subgraphs fuse, and the counts in the manifest say which. Heads and widths are read from each layer's graph, so
-students with pruned heads (a different number per layer) fuse too.
+(optimum's O2 level). The patterns are BERT's, which RoBERTa, XLM-R and ELECTRA share; in other families
+(DistilBERT's mask applied by Where, MPNet's relative position bias, DeBERTa's disentangled attention,
+ModernBERT's rotary attention) only the layer norms and GELUs fuse, and the counts in the manifest say which.
+Heads and widths are read from each layer's graph, so students with pruned heads (a different number per layer)
+fuse too.
 
 Embedding tables stay unfused where the int8 export stores them per row (`export.int8_embeddings: per_row`, the
 4-bit tables of `embedding_bits: 4` included): `EmbedLayerNormalization` would take the table out of the Gather
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 OPTIMIZER_MODEL_TYPE = "bert"  # the fusion patterns of every family distill exports are BERT's (optimum maps them so)
 # its input[1] is the packed Q/K/V weight, one row per input channel like a MatMul's: smoothing, the int8 noise
-# ranking and the fallback search treat it as one weight product (its fallback is fp32: it cannot be split)
+# ranking treat it as one weight product; it can leave int8 only whole, so the fallback search takes it only with
+# int8_fallback: fp32
 FUSED_ATTENTION = "Attention"
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
              "Gelu", "FastGelu", "LayerNormalization", "SkipSimplifiedLayerNormalization", "RotaryEmbedding")
