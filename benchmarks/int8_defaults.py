@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.run_args import add_run_args, run_recipe_of
 from distill.core.fileio import atomic_write_json
-from distill.core.manifest import read_manifest
+from distill.core.manifest import fallback_node_count, read_manifest
 from distill.recipe import ExportSpec
 
 
@@ -32,13 +32,11 @@ def artifact_rows(run_dir: Path, names: list[str]) -> list[dict]:
     rows = []
     for name in names:
         manifest = read_manifest(run_dir / "artifacts" / name)
-        fusion = getattr(manifest, "fusion", None) or {}
         for mode, check in manifest.checks.get("int8", {}).items():
             rows.append({"artifact": name, "mode": mode, "graph": check.get("graph", "unfused"),
-                         "fused_ops": {g: f.get("ops", {}) for g, f in fusion.items()},
+                         "fused_ops": {g: f.get("ops", {}) for g, f in manifest.fusion.items()},
                          "test_label_agreement": check["test_label_agreement_vs_fp32"],
-                         "fallback_nodes": sum(len(s.get("nodes", [])) for s in
-                                               (check.get("fallback_search") or {}).values())})
+                         "fallback_nodes": fallback_node_count(check)})
     return rows
 
 

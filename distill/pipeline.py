@@ -133,7 +133,7 @@ def check_inputs(recipe: Recipe, out_dir: Path | None = None) -> tuple[Any, list
         raise DistillInputError(f"--out: {out_dir} is a file; give a directory (new, or one of an earlier run)")
     source = _teacher_source(recipe)
     tokenizer = load_tokenizer(source, recipe.teacher.trust_remote_code)
-    _check_student_shapes(recipe, source)
+    _check_against_teacher_config(recipe, source)
     tasks = load_tasks(recipe)
     if recipe.teacher.per_task:
         from teachers.per_task import check_per_task
@@ -152,7 +152,8 @@ def prepare(recipe: Recipe, out_dir: Path, force: bool | str = False, resume: bo
     return state
 
 
-def _check_student_shapes(recipe: Recipe, source: Path | str) -> None:
+def _check_against_teacher_config(recipe: Recipe, source: Path | str) -> None:
+    """Every student's shape, and max_length, against what the teacher's config.json allows."""
     from transformers import AutoConfig
 
     from distill.model.encoder import usable_positions

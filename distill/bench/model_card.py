@@ -10,7 +10,7 @@ import yaml
 
 from distill.bench.report import reference_teacher
 from distill.core.fileio import atomic_write_text
-from distill.core.manifest import read_manifest, read_tasks
+from distill.core.manifest import fallback_node_count, read_manifest, read_tasks
 from distill.runtime import MODEL_FILES, model_files
 
 CARD_FILE = "README.md"
@@ -61,7 +61,7 @@ def model_card(report: dict[str, Any], artifact: str, directory: Path, base_mode
     body += _structure(report, artifact, teacher)
     body += _formats(report, artifact, directory)
     body += _scores(report, chosen)
-    body += _int8_checks(manifest.checks, getattr(manifest, "fusion", None) or {})
+    body += _int8_checks(manifest.checks, manifest.fusion)
     body += _usage(directory, tasks)
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
 
@@ -169,7 +169,7 @@ def _int8_checks(checks: dict[str, Any], fusion: dict[str, Any]) -> list[str]:
     for mode, check in (checks.get("int8") or {}).items():
         agreement = check.get("test_label_agreement_vs_fp32", {})
         shares = ", ".join(f"{task} {100 * share:.2f} %" for task, share in agreement.items())
-        fallback = sum(len(s.get("nodes", [])) for s in (check.get("fallback_search") or {}).values())
+        fallback = fallback_node_count(check)
         lines.append(f"- {mode} int8: test labels equal to fp32's: {shares}"
                      + (f"; {fallback} weight product(s) kept out of per-tensor int8 by the accuracy search" if fallback
                         else ""))

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.bench.latency import summarise
 from distill.core.errors import DistillInputError
 from distill.core.fileio import atomic_write_json
 from distill.core.hardware import hardware
@@ -66,8 +67,8 @@ def time_predictor(artifact: str | Path, precision: str, texts: list[str], threa
     start = time.perf_counter()
     batched.predict(texts)
     seconds = time.perf_counter() - start
-    return {"batch_1": {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
-                        "mean_ms": float(np.mean(times))},
+    one = summarise(np.asarray(times))
+    return {"batch_1": {"p50_ms": one["p50"], "p90_ms": one["p90"], "mean_ms": one["mean"]},
             f"batch_{LARGE_BATCH}": {"ms_per_text": seconds * 1000 / len(texts), "texts_per_s": len(texts) / seconds}}
 
 

@@ -32,6 +32,8 @@ class ArtifactManifest(BaseModel):
     files: dict[str, str] = Field(description="file name -> sha256, as exported")
     checks: dict[str, Any] = {}
     hf_dirs: dict[str, dict[str, str]] = Field(default={}, description="task -> the files of hf/TASK/ and sha256")
+    fusion: dict[str, dict[str, Any]] = Field(default={}, description="graph -> what onnxruntime's transformer "
+                                                                      "optimizer fused (fused, ops, note)")
 
     @field_validator("files")
     @classmethod
@@ -49,6 +51,11 @@ class ArtifactManifest(BaseModel):
             check_name(task, "hf_dirs")
             cls._plain_names(files)
         return dirs
+
+
+def fallback_node_count(int8_check: dict[str, Any]) -> int:
+    """The nodes the accuracy search kept out of per-tensor int8, over every graph of one int8 mode's checks."""
+    return sum(len(search.get("nodes", [])) for search in (int8_check.get("fallback_search") or {}).values())
 
 
 class TaskEntry(BaseModel):

@@ -115,12 +115,12 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
     if fallback == "outliers":
         assert outliers is not None or not fallback_nodes, "fallback outliers needs the channels of each node"
         small: list[str] = []
-        splittable = set(weight_matmuls(source, gemm=False, attention=False)) & set(outliers or {})
-        whole = [n for n in fallback_nodes or [] if n not in splittable]  # a fused Attention falls back to fp32
+        # `outliers` holds the MatMuls only: a fused Attention cannot be split and falls back to fp32 whole
+        whole = [n for n in fallback_nodes or [] if n not in (outliers or {})]
         if outliers and fallback_nodes:
             shutil.copyfile(source, split)
             source = split
-            small = split_outlier_channels(split, {n: outliers[n] for n in fallback_nodes if n in splittable})
+            small = split_outlier_channels(split, {n: outliers[n] for n in fallback_nodes if n in outliers})
         excluded = sorted(set(prepared.kept) | set(prepared.heads) | set(small) | set(whole))
     else:
         excluded = sorted(set(prepared.kept) | set(prepared.heads) | set(fallback_nodes or []))
@@ -176,8 +176,10 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
         if spec.int8_smoothing is not None:
             scales = smoothing_scales(source, {n: v for n, v in channel_max.items() if n not in fp32_anyway},
                                       spec.int8_smoothing)
-        if need_outliers:  # the channels that stay largest once smoothing divided them by s
-            outliers = outlier_channels(smoothed_channel_max(channel_max, scales), spec.int8_outlier_channels)
+        if need_outliers:  # the channels that stay largest once smoothing divided them by s; MatMuls only
+            matmuls = set(weight_matmuls(source, gemm=False, attention=False))
+            outliers = outlier_channels({n: v for n, v in smoothed_channel_max(channel_max, scales).items()
+                                         if n in matmuls}, spec.int8_outlier_channels)
 
     with prepared_graph(source, target, spec.keep_fp32, spec.int8_heads, scales) as prepared:
         def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None,
