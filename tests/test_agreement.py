@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from distill.data.tasks import IGNORE_INDEX, EncodedSplit, TaskData, TaskInfo
-from distill.export.agreement import decision_margins, expected_agreement, label_agreement
+from distill.export.agreement import NEIGHBOURS, decision_margins, expected_agreement, expected_flips, label_agreement
 
 CLS = TaskInfo("cls", "sequence_classification", ["a", "b", "c"], "accuracy")
 
@@ -23,14 +23,29 @@ def test_no_shift_means_full_agreement():
     assert expected_agreement([task], "dev", logits, logits) == {"cls": 1.0}
 
 
-def test_every_shift_is_applied_to_every_margin():
-    # margins 0.1, 1, 2, 3; one example's margin moved by -1.5 and the rest by nothing: that shift would flip
-    # the margins 0.1 and 1 (2 of 4), and it is one of 4 shifts, so 2/16 decisions are expected to flip
+def test_every_shift_is_applied_to_every_margin_of_a_small_split():
+    # fewer decisions than NEIGHBOURS[0]: each margin meets every shift. Margins 0.1, 1, 2, 3; one example's
+    # margin moved by -1.5 and the rest by nothing: that shift would flip the margins 0.1 and 1 (2 of 4), and it
+    # is one of 4 shifts, so 2/16 decisions are expected to flip
     task = _task(CLS, [0, 0, 0, 0])
     fp32 = {"cls": _cls_logits([0.1, 1.0, 2.0, 3.0])}
     int8 = {"cls": _cls_logits([0.1, 1.0, 2.0, 1.5])}
     assert label_agreement([task], "dev", fp32, int8) == {"cls": 1.0}, "no label flipped on these examples"
     assert expected_agreement([task], "dev", fp32, int8)["cls"] == pytest.approx(1 - 2 / 16)
+
+
+def test_borderline_margins_meet_the_shifts_of_borderline_decisions():
+    # int8 moves the borderline decisions (margin 0.1) by -0.2 or +0.2 and the confident ones (margin 5) by 0.01:
+    # half the borderline labels flip. Pairing every margin with every shift would expect a quarter of them to;
+    # the shifts of the nearest margins expect half, as counted
+    n = 4 * NEIGHBOURS[0]
+    margin = np.r_[np.full(n, 0.1), np.full(n, 5.0)]
+    shift = np.r_[np.tile([-0.2, 0.2], n // 2), np.full(n, 0.01)]
+    counted = float((margin + shift < 0).mean())
+    every_pair = float((np.sort(shift)[None, :] < -margin[:, None]).mean())
+    assert counted == 0.25 and every_pair == pytest.approx(0.125)
+    assert float(expected_flips(margin, shift).mean()) == pytest.approx(counted, abs=0.01)
+    assert expected_flips(margin, shift)[n:].max() == 0.0, "a confident decision meets only small shifts"
 
 
 def test_a_flip_to_a_third_class_counts():

@@ -49,11 +49,11 @@ class ExportSpec(Strict):
                                                "where int8_fallback cannot reach it; searched in the first "
                                                "quantization mode, the other modes take the same nodes out")
     int8_agreement: Literal["expected", "labels"] = Field(
-        default="expected", description="what int8_min_agreement bounds on dev: expected (each dev example's int8 "
-                                        "shift of its fp32 margin applied to every dev margin: the expected share "
-                                        "of agreeing labels, with far less sampling noise where int8 flips a few "
-                                        "in a thousand; see distill.export.agreement) or labels (agreeing labels "
-                                        "counted)")
+        default="expected", description="what int8_min_agreement bounds on dev: expected (each dev margin meets "
+                                        "the int8 shifts of the decisions nearest to it in margin: the expected "
+                                        "share of agreeing labels, with far less sampling noise where int8 flips "
+                                        "a few in a thousand; see distill.export.agreement) or labels (agreeing "
+                                        "labels counted)")
     int8_fallback: Literal["outliers", "block_int8", "fp32"] = Field(
         default="outliers", description="what those MatMuls become: int8 with their int8_outlier_channels largest "
                                         "input channels in fp32 (LLM.int8-style split), 8-bit weights and "
