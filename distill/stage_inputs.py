@@ -16,8 +16,10 @@ from distill.recipe import Recipe, StudentSpec
 
 def teacher_hash_inputs(recipe: Recipe, source: Path | str, tasks: list[TaskData]) -> dict:
     """Fine-tuning a teacher from `source`: the teacher settings, its base, the data, the seed and task weights."""
-    # per_task is left out: a base_model teacher's input hash stays what it was before per_task existed
-    return {"teacher": recipe.teacher.model_dump(exclude={"per_task"}), "base": str(source),
+    # per_task, and head_learning_rate while unset, are left out: the input hash of a base_model teacher stays
+    # what it was before they existed
+    unset = {"head_learning_rate"} if recipe.teacher.head_learning_rate is None else set()
+    return {"teacher": recipe.teacher.model_dump(exclude={"per_task"} | unset), "base": str(source),
             "data": fingerprint(tasks), "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks],
             **_training_inputs(recipe)}
 

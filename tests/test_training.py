@@ -298,3 +298,30 @@ def test_fused_optimizer_takes_the_same_steps_as_the_per_tensor_loop():
             assert optimizer.defaults["fused"], "CPU float32 parameters get the fused kernel"
     for fused, loop in zip(*results, strict=True):
         assert torch.allclose(fused, loop, atol=1e-6)
+
+
+def test_the_teacher_heads_train_at_head_learning_rate_and_the_rest_at_learning_rate(tmp_path, recipe_file):
+    from distill.recipe import load_recipe
+    from distill.stage_inputs import teacher_hash_inputs
+
+    plain = load_recipe(recipe_file(lambda r: None))
+    assert TrainSettings.from_recipe(plain, "teacher").head_learning_rate is None
+    assert "head_learning_rate" not in teacher_hash_inputs(plain, "base", [])["teacher"], \
+        "recipes without it keep their teacher stage hashes"
+    recipe = load_recipe(recipe_file(lambda r: r["teacher"].update(head_learning_rate=1e-3)))
+    assert TrainSettings.from_recipe(recipe, "teacher").head_learning_rate == 1e-3
+    assert TrainSettings.from_recipe(recipe, "student").head_learning_rate is None, "students start from its heads"
+    assert teacher_hash_inputs(recipe, "base", [])["teacher"]["head_learning_rate"] == 1e-3
+
+    # a tiny head rate leaves the heads nearly where they started while the embeddings move at 0.05
+    torch.manual_seed(0)
+    model = Toy()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    spec = settings()
+    spec.head_learning_rate, spec.epochs = 1e-9, 1
+    data = toy_data()
+    recorder = Recorder(data)
+    train_loop(model, data, 0, toy_loss, recorder.evaluate, recorder.save, spec, tmp_path / "log.jsonl", "toy", None)
+    moved = {k: float((v - start[k]).abs().max()) for k, v in model.state_dict().items()}
+    assert moved["embed.weight"] > 1e-2
+    assert max(v for k, v in moved.items() if k.startswith("heads.")) < 1e-6

@@ -20,6 +20,10 @@ class TeacherSpec(Strict):
     epochs: float = Field(default=3, gt=0)
     batch_size: int = Field(default=32, gt=0)
     learning_rate: float = Field(default=5e-5, gt=0)
+    head_learning_rate: float | None = Field(
+        default=None, gt=0, description="learning rate of the task heads (new layers, randomly initialised) while "
+                                        "the encoder trains at learning_rate; unset: learning_rate. A pretrained "
+                                        "encoder wants a small rate, a fresh head on few steps a larger one")
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     trust_remote_code: bool = False
 

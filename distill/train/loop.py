@@ -46,6 +46,7 @@ from distill.train.settings import (
     is_out_of_memory,
     make_accelerator,
     make_optimizer,
+    parameter_groups,
     seed_everything,
 )
 from distill.train.task_weighting import UncertaintyWeighting
@@ -95,7 +96,7 @@ class _Run:
         self.main = accelerator.is_main_process
         self.weighting = UncertaintyWeighting(list(train)).to(accelerator.device) \
             if engine.uncertainty_weighting else None
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups = parameter_groups(model, settings.head_learning_rate)
         if self.weighting is not None:
             groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
         optimizer = make_optimizer(groups, settings.learning_rate)

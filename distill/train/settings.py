@@ -27,6 +27,7 @@ class TrainSettings:
     seed: int
     engine: TrainingSpec = field(default_factory=TrainingSpec)
     batch_size_key: str = "batch_size"  # the recipe key an out-of-memory error tells the user to lower
+    head_learning_rate: float | None = None  # the task heads' (parameters under `heads.`), when not learning_rate
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, role: Literal["teacher", "student"]) -> TrainSettings:
@@ -37,13 +38,16 @@ class TrainSettings:
         engine = recipe.training
         if role == "student" and recipe.distillation.sampling is not None:
             engine = engine.model_copy(update={"sampling": recipe.distillation.sampling})
+        head_rate = recipe.teacher.head_learning_rate if role == "teacher" else None
         return cls(spec.epochs, spec.batch_size, spec.learning_rate, spec.warmup_ratio, recipe.training_seed,
-                   engine, key)
+                   engine, key, head_rate)
 
     def fingerprint(self, num_processes: int, train: dict[str, EncodedSplit]) -> str:
         """What a checkpoint must match to be resumed (settings that only change logging are left out)."""
         settings = {**asdict(self), "engine": self.engine.model_dump(exclude={"tensorboard",
                                                                               "checkpoint_every_steps"})}
+        if self.head_learning_rate is None:  # checkpoints written before the option existed still resume
+            del settings["head_learning_rate"]
         return sha256_json({"settings": settings, "processes": num_processes,
                             "examples": {task: len(split) for task, split in train.items()}})
 
@@ -90,6 +94,19 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     # each batch uses one task's head only, so DDP must expect parameters without gradients
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+
+
+def parameter_groups(model: torch.nn.Module, head_learning_rate: float | None) -> list[dict[str, Any]]:
+    """The trainable parameters as optimiser groups: one, or the task heads (`heads.` in a MultiTaskModel) apart
+    at `head_learning_rate`."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if head_learning_rate is None:
+        return [{"params": [p for _, p in named]}]
+    heads = [p for name, p in named if name.startswith("heads.")]
+    if not heads:
+        raise ValueError("head_learning_rate is set but the model has no task heads (parameters under heads.)")
+    return [{"params": [p for name, p in named if not name.startswith("heads.")]},
+            {"params": heads, "lr": head_learning_rate}]
 
 
 def make_optimizer(groups: list[dict[str, Any]], learning_rate: float) -> torch.optim.AdamW:
