@@ -43,7 +43,7 @@ class ExportSpec(Strict):
         default=False, description="quantize the task heads (the last Linear before each output) too; by default "
                                    "they stay fp32: a few KB, and their rounding would land on the logits directly")
     int8_min_agreement: float | None = Field(
-        default=0.9975, gt=0, le=1, description="take the weight MatMuls with the most int8 noise out of the int8 "
+        default=0.996, gt=0, le=1, description="take the weight MatMuls with the most int8 noise out of the int8 "
                                                "scheme (1, 2, 4, ... then bisected) until int8 and fp32 agree on "
                                                "this share of every task's dev labels (null turns it off), in fp32 "
                                                "where int8_fallback cannot reach it; searched in the first "
