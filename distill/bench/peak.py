@@ -50,6 +50,11 @@ def machine_peak(shapes: list[tuple[int, int, int]], threads: int) -> dict[str, 
     """int8 and fp32 GOP/s of every (m, k, n) product, and the best of each: the peak the models are compared with."""
     measured = [{"m": m, "k": k, "n": n, "int8_gops": gemm_gops(m, k, n, True, threads),
                  "fp32_gops": gemm_gops(m, k, n, False, threads)} for m, k, n in dict.fromkeys(shapes)]
+    return _peak_of(threads, measured)
+
+
+def _peak_of(threads: int, measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `machine_peak` dict of measured shapes: the best int8 and fp32 product among them."""
     return {"threads": threads, "int8_gops": max(s["int8_gops"] for s in measured),
             "fp32_gops": max(s["fp32_gops"] for s in measured), "shapes": measured}
 
@@ -61,8 +66,7 @@ def best_peak(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
     later = {(s["m"], s["k"], s["n"]): s for s in second["shapes"]}
     shapes = [{**s, **{key: max(s[key], later[(s["m"], s["k"], s["n"])][key]) for key in ("int8_gops", "fp32_gops")}}
               for s in first["shapes"]]
-    return {**first, "int8_gops": max(s["int8_gops"] for s in shapes),
-            "fp32_gops": max(s["fp32_gops"] for s in shapes), "shapes": shapes}
+    return _peak_of(first["threads"], shapes)
 
 
 def achieved(flops: float, p50_ms: float, model_format: str, peak: dict[str, Any]) -> dict[str, float]:

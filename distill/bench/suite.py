@@ -55,12 +55,13 @@ def run_benchmarks(tasks: list[TaskData], entries: list[ModelEntry], spec: Bench
     # a vocabulary-pruned student reads its own token ids
     inputs = [student_inputs(entry.model_dir, tasks, pad_id) for entry in entries]
     log.info("bench: int8 and fp32 matrix products at the models' shapes, for the machine's peak")
-    peak = machine_peak(gemm_shapes([e.model_dir for e in entries], spec.seq_len), threads)
+    shapes = gemm_shapes([e.model_dir for e in entries], spec.seq_len)
+    peak = machine_peak(shapes, threads)
     log.info("bench: peak %.0f int8 GOP/s, %.0f fp32 GOP/s", peak["int8_gops"], peak["fp32_gops"])
     median = median_test_length(tasks)
     log.info("bench: timing %d models, each in a process of its own, in %d rounds", len(entries), spec.rounds)
     latencies = measure_latencies(entries, inputs, spec, threads, [median])
-    peak = best_peak(peak, machine_peak(gemm_shapes([e.model_dir for e in entries], spec.seq_len), threads))
+    peak = best_peak(peak, machine_peak(shapes, threads))
     log.info("bench: peak measured again after the models: %.0f int8 GOP/s, %.0f fp32 GOP/s", peak["int8_gops"],
              peak["fp32_gops"])
     models = []
