@@ -7,9 +7,10 @@ Side by side in one process, on a finished run's teacher (used as is): a sweep o
 the recipe's first three), each trained for `--epochs` (default 1) twice — once reading a freshly built teacher
 cache, once with the teacher run on every batch (`teacher_source: online`). Reports per student the time of its
 first epoch (training and the dev evaluation, from the training log) and its dev and test mean scores under
-both sources, and for the sweep the total cost: cache build + trainings, against the online trainings. The
-cache is built into a fresh directory under OUT, so its build time is counted. Prints a markdown table and
-saves OUT/cache_vs_online.json and .md (OUT defaults to RUN_DIR/cache-vs-online).
+both sources, and for the sweep the total cost: cache build + trainings, against the online trainings. Each side
+gets a fresh cache directory under OUT, so the cache's build time is counted and each side measures the
+teacher's statistics (students.teacher_stats) once. Prints a markdown table and saves OUT/cache_vs_online.json
+and .md (OUT defaults to RUN_DIR/cache-vs-online).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,17 @@ def sweep_recipe(recipe: Recipe, students: list[str], teacher_dir: Path, epochs:
     data["distillation"] = {**recipe.distillation.model_dump(mode="json", exclude_unset=True),
                             "epochs": epochs, "teacher_source": source}
     return parse_recipe(data, recipe.base_dir, origin=f"{source} sweep")
+
+
+def fresh_cache_dir(directory: Path, shared: Path) -> Path:
+    """An empty cache directory that links to the shared one's downloads (the demo's data and models)."""
+    if directory.exists():
+        shutil.rmtree(directory)  # links are removed, not followed
+    directory.mkdir(parents=True)
+    for name in ("wheels", "models"):
+        if (shared / name).is_dir():
+            (directory / name).symlink_to((shared / name).resolve(), target_is_directory=True)
+    return directory
 
 
 def first_epoch_seconds(logs: Path, student: str) -> float:
@@ -94,18 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no student(s) {unknown} in the recipe")
     out = args.out or args.run_dir / "cache-vs-online"
     teacher_dir = run_teacher_dir(recipe, args.run_dir)
-    # a fresh, empty teacher cache (the demo's downloads are shared), so the cached sweep pays its build
-    fresh = out / "distill-cache"
-    (fresh).mkdir(parents=True, exist_ok=True)
-    for shared in ("wheels", "models"):  # the demo's data and model downloads
-        source = cache_dir() / shared
-        if source.is_dir() and not (fresh / shared).exists():
-            (fresh / shared).symlink_to(source.resolve(), target_is_directory=True)
-    os.environ["DISTILL_CACHE_DIR"] = str(fresh)
+    shared_cache = cache_dir()
     state = prepare(recipe, out / "data")
     rows: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in students}
     cache_seconds = 0.0
     for source in SOURCES:
+        # each side starts from an empty cache directory, so the cached sweep pays its build and each side
+        # measures the teacher's statistics (importance, covariance) once
+        os.environ["DISTILL_CACHE_DIR"] = str(fresh_cache_dir(out / f"distill-cache-{source}", shared_cache))
         run_dir = out / source
         run = run_recipe(sweep_recipe(recipe, students, teacher_dir, args.epochs, source), run_dir, until="train")
         stages = {s["name"]: s for s in run["stages"]}

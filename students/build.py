@@ -1,8 +1,9 @@
 """Building a student from a StudentSpec, and saving it as a plain Hugging Face model.
 
-Order: pick the teacher layers; score heads and FFN neurons on the teacher (dev task loss); copy the kept
-layers; prune the vocabulary; narrow the hidden size; remove heads and FFN neurons; then the training-time
-parts (teacher-id input mapping, LoRA adapters, the QAT epoch hook), which `save` strips again.
+Order: pick the teacher layers; score heads and FFN neurons on the teacher (dev task loss; measured once per
+teacher and data, see students.teacher_stats); copy the kept layers; prune the vocabulary; narrow the hidden
+size; remove heads and FFN neurons; then the training-time parts (teacher-id input mapping, LoRA adapters,
+the QAT epoch hook), which `save` strips again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from transformers import AutoModel
 
 from distill.core.errors import DistillInputError
-from distill.core.fileio import atomic_directory
+from distill.core.fileio import atomic_directory, sha256_json
 from distill.core.int8_presets import configured_preset
 from distill.data.evaluation import predict, torch_forward
 from distill.data.metrics import mean_score, score
@@ -34,6 +35,7 @@ from students.lora import add_lora, merged_encoder
 from students.modules import plain_modules
 from students.pruning import IterativePruning, apply_masks, prune_ffn, prune_heads
 from students.qat import QatSettings, qat_hook, snap_word_embeddings
+from students.teacher_stats import TeacherStats
 from students.vocab import (
     accept_teacher_ids,
     choose_vocab,
@@ -137,19 +139,19 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
     details: dict[str, Any] = {"layer_strategy": spec.layer_strategy if isinstance(spec.layers, int) else None}
     random_init = spec.hidden_size is not None and spec.hidden_init == "random"
     iterative = spec.prunes and spec.pruning.schedule == "iterative"
+    stats = TeacherStats(teacher_dir, tasks)
     importance = None
     if (spec.prunes and not iterative) or (spec.hidden_size is not None and not random_init):
-        log.info("student %s: scoring heads and FFN neurons on dev data", spec.name)
-        importance = score_importance(teacher, tasks, pad_id, spec.pruning.examples).select(keep)
+        importance = _teacher_importance(stats, teacher, tasks, pad_id, spec.pruning.examples).select(keep)
     covariance = None
     if spec.hidden_size is not None and not random_init:
-        covariance = hidden_covariance(teacher, tasks, pad_id, HIDDEN_STAT_EXAMPLES)
+        covariance = _teacher_covariance(stats, teacher, tasks, pad_id)
     vocab = None
     if spec.vocab is not None:
         table = teacher.encoder.get_input_embeddings().weight
         vocab = choose_vocab(spec.vocab, tasks, tokenizer, table.shape[0], f"{where}.vocab",
                              table.detach() if spec.vocab_dropped == "nearest" else None)
-        details["vocab"] = _vocab_details(spec, teacher, tasks, tokenizer, vocab, pad_id)
+        details["vocab"] = _vocab_details(spec, teacher, tasks, tokenizer, vocab, pad_id, stats)
     student = _random_student(teacher, keep, spec, vocab) if random_init else keep_layers(teacher, keep)
     del teacher
     if vocab is not None and not random_init:
@@ -236,11 +238,33 @@ def _random_student(teacher: MultiTaskModel, keep: list[int], spec: StudentSpec,
     return MultiTaskModel(AutoModel.from_config(config), list(teacher.tasks.values()))
 
 
+def _teacher_importance(stats: TeacherStats, teacher: MultiTaskModel, tasks: list[TaskData], pad_id: int,
+                        examples: int) -> Importance:
+    """The teacher's head and FFN importance on `examples` dev examples per task (measured once per teacher)."""
+    def measure() -> dict[str, torch.Tensor]:
+        log.info("scoring the teacher's heads and FFN neurons on dev data")
+        scores = score_importance(teacher, tasks, pad_id, examples)
+        return {"heads": scores.heads, "ffn": scores.ffn}
+
+    stored = stats.tensors("importance", {"examples": examples}, measure)
+    return Importance(stored["heads"], stored["ffn"])
+
+
+def _teacher_covariance(stats: TeacherStats, teacher: MultiTaskModel, tasks: list[TaskData],
+                        pad_id: int) -> torch.Tensor:
+    """The covariance of the teacher's hidden states on train examples (measured once per teacher)."""
+    def measure() -> dict[str, torch.Tensor]:
+        return {"covariance": hidden_covariance(teacher, tasks, pad_id, HIDDEN_STAT_EXAMPLES)}
+
+    return stats.tensors("hidden-covariance", {"examples": HIDDEN_STAT_EXAMPLES}, measure)["covariance"]
+
+
 def _vocab_details(spec: StudentSpec, teacher: MultiTaskModel, tasks: list[TaskData], tokenizer: Any,
-                   vocab: VocabMap, pad_id: int) -> dict[str, Any]:
+                   vocab: VocabMap, pad_id: int, stats: TeacherStats) -> dict[str, Any]:
     """Size, coverage per split, and the teacher's dev score with and without the dropped pieces (as [UNK])."""
     specials = sorted({int(i) for i in tokenizer.all_special_ids})
-    effect = _teacher_vocab_effect(teacher, tasks, vocab, pad_id)
+    effect = stats.json("vocab-effect", {"vocab": sha256_json(vocab.to_json())},
+                        lambda: _teacher_vocab_effect(teacher, tasks, vocab, pad_id))
     return {"choice": spec.vocab, "size": vocab.size, "teacher_size": vocab.teacher_size,
             "coverage": coverage(vocab, tasks, specials), **effect}
 
