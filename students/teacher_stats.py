@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,12 @@ class TeacherStats:
     and stored."""
 
     def __init__(self, teacher_dir: Path, tasks: list[TaskData]):
-        self._identity = {"version": STATS_VERSION, "teacher": sha256_dir(teacher_dir), "data": fingerprint(tasks)}
+        self._teacher_dir, self._tasks = Path(teacher_dir), tasks
+
+    @cached_property
+    def _identity(self) -> dict[str, Any]:
+        # hashed on first use: a student that needs no statistics does not read the teacher's weights twice
+        return {"version": STATS_VERSION, "teacher": sha256_dir(self._teacher_dir), "data": fingerprint(self._tasks)}
 
     def _path(self, kind: str, settings: dict[str, Any], suffix: str) -> tuple[Path, str]:
         key = sha256_json({**self._identity, "kind": kind, **settings})
