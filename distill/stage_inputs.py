@@ -20,14 +20,14 @@ def teacher_hash_inputs(recipe: Recipe, source: Path | str, tasks: list[TaskData
     # what it was before they existed
     unset = {"head_learning_rate"} if recipe.teacher.head_learning_rate is None else set()
     return {"teacher": recipe.teacher.model_dump(exclude={"per_task"} | unset), "base": str(source),
-            "data": fingerprint(tasks), "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks],
+            "data": _labelled_data(tasks), "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks],
             **_training_inputs(recipe)}
 
 
 def per_task_hash_inputs(recipe: Recipe, checkpoints: dict[str, Path], tasks: list[TaskData]) -> dict:
     """Assembling the students' starting point from per-task checkpoints: their files, the data and the seed."""
     return {"per_task": {name: sha256_dir(path) for name, path in checkpoints.items()},
-            "data": fingerprint(tasks), "seed": recipe.seed}
+            "data": _labelled_data(tasks), "seed": recipe.seed}
 
 
 def online_source_key(teacher_dir: Path, tasks: list[TaskData]) -> str:
@@ -44,14 +44,19 @@ def student_hash_inputs(recipe: Recipe, spec: StudentSpec, source_key: str) -> d
 def export_hash_inputs(recipe: Recipe, model_dir: Path, tasks: list[TaskData]) -> dict:
     """Exporting one model: its files, the export settings, and the data the checks and calibration read."""
     return {"model": sha256_dir(model_dir), "export": recipe.export.model_dump(), "max_length": recipe.max_length,
-            "data": fingerprint(tasks)}
+            "data": _labelled_data(tasks)}
 
 
 def bench_hash_inputs(recipe: Recipe, artifacts: dict[str, Path], teacher_dir: Path, tasks: list[TaskData]) -> dict:
     """Benchmarking: every artifact (its manifest.json, which holds the sha256 of each of its files; the model card
     the bench writes beside them does not count), the teacher's files, the bench settings and the test data."""
     return {"artifacts": {name: sha256_file(path / MANIFEST_FILE) for name, path in artifacts.items()},
-            "teacher": sha256_dir(teacher_dir), "bench": recipe.bench.model_dump(), "data": fingerprint(tasks)}
+            "teacher": sha256_dir(teacher_dir), "bench": recipe.bench.model_dump(), "data": _labelled_data(tasks)}
+
+
+def _labelled_data(tasks: list[TaskData]) -> str:
+    """The data a stage reads when it never reads the transfer split (all but training students)."""
+    return fingerprint(tasks, labelled_only=True)
 
 
 def _student_settings(spec: StudentSpec) -> dict:

@@ -47,7 +47,8 @@ class TeacherStats:
     @cached_property
     def _identity(self) -> dict[str, Any]:
         # hashed on first use: a student that needs no statistics does not read the teacher's weights twice
-        return {"version": STATS_VERSION, "teacher": sha256_dir(self._teacher_dir), "data": fingerprint(self._tasks)}
+        return {"version": STATS_VERSION, "teacher": sha256_dir(self._teacher_dir),
+                "data": fingerprint(self._tasks, labelled_only=True)}
 
     def _path(self, kind: str, settings: dict[str, Any], suffix: str) -> tuple[Path, str]:
         key = sha256_json({**self._identity, "kind": kind, **settings})

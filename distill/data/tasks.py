@@ -16,6 +16,7 @@ from distill.core.errors import DistillInputError
 from distill.core.logs import logger_level
 from distill.demo.assets import DEMO_SOURCES
 from distill.recipe import SPLITS, Recipe, TaskSpec
+from distill.recipe.tasks import TRANSFER
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -102,7 +103,7 @@ def _read_source(task: TaskSpec, recipe: Recipe) -> dict[str, Split]:
                     table = datasets.load_dataset(fmt, data_files=str(path), split="train")
             except Exception as exc:
                 raise DistillInputError(f"{path}: could not read as {fmt}: {exc}".replace("\n", " ")) from exc
-            out[split] = _columns(task, table, str(path))
+            out[split] = _columns(task, table, str(path), labelled=split != TRANSFER)
         return out
 
     splits = task.splits or {"train": "train", "dev": "validation", "test": "test"}
@@ -113,7 +114,7 @@ def _read_source(task: TaskSpec, recipe: Recipe) -> dict[str, Split]:
     out = {}
     for ours, theirs in splits.items():
         if theirs in dataset:
-            out[ours] = _columns(task, dataset[theirs], f"{source.hub}[{theirs}]")
+            out[ours] = _columns(task, dataset[theirs], f"{source.hub}[{theirs}]", labelled=ours != TRANSFER)
     if "train" not in out:
         raise DistillInputError(f"tasks.{task.name}.splits: {source.hub!r} has no split named {splits.get('train')!r}")
     return out
@@ -138,12 +139,16 @@ def _format_of(path: Path) -> str:
     return formats[suffix]
 
 
-def _columns(task: TaskSpec, table: Any, origin: str) -> Split:
-    for key, column in (("text_field", task.text_field), ("label_field", task.label_field)):
+def _columns(task: TaskSpec, table: Any, origin: str, labelled: bool = True) -> Split:
+    """Texts and labels of a table (`labelled` False: texts only, as the transfer split needs)."""
+    fields = (("text_field", task.text_field), ("label_field", task.label_field))
+    for key, column in fields if labelled else fields[:1]:
         if column not in table.column_names:
             raise DistillInputError(
                 f"{origin}: no column {column!r} (tasks.{task.name}.{key}); columns are {table.column_names}"
             )
+    if not labelled:
+        return Split(list(table[task.text_field]), [None] * len(table), list(range(1, len(table) + 1)), origin)
     labels = table[task.label_field]
     feature = table.features[task.label_field]
     names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
@@ -275,15 +280,17 @@ def _check_labels(task: TaskSpec, splits: dict[str, Split], labels: list[str]) -
 
 
 def load_tasks(recipe: Recipe) -> list[TaskData]:
-    """Every task of the recipe, split into train/dev/test and checked."""
+    """Every task of the recipe, split into train/dev/test (and transfer, when asked for) and checked."""
     tasks = []
     for spec in recipe.tasks:
-        splits = {name: _clean(spec, name, split) for name, split in _split(spec, _read_source(spec, recipe),
-                                                                            recipe.seed).items()}
+        raw = _read_source(spec, recipe)
+        given_transfer = raw.pop(TRANSFER, None)
+        splits = {name: _clean(spec, name, split) for name, split in _split(spec, raw, recipe.seed).items()}
         if not splits["train"].texts:
             raise DistillInputError(f"tasks.{spec.name}: the train split has no examples")
         labels = _label_list(spec, splits)
         _check_labels(spec, splits, labels)
+        transfer = _transfer(spec, given_transfer, splits["train"])
         if spec.limit:
             splits = {name: _limit(split, spec.limit.get(name)) for name, split in splits.items()}
         empty = [name for name in SPLITS if not splits[name].texts]
@@ -292,10 +299,55 @@ def load_tasks(recipe: Recipe) -> list[TaskData]:
                 f"tasks.{spec.name}: the {' and '.join(empty)} split(s) have no examples "
                 f"({', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}); give more data, dev/test files, "
                 "or other split_ratios / limit")
+        if transfer is not None:
+            splits[TRANSFER] = transfer
         info = TaskInfo(spec.name, spec.type, labels, spec.metric or "accuracy")
         tasks.append(TaskData(info, splits))
         log.info("task %s: %s", spec.name, ", ".join(f"{k} {len(v.texts)}" for k, v in splits.items()))
     return tasks
+
+
+def _transfer(spec: TaskSpec, given: Split | None, train: Split) -> Split | None:
+    """The unlabelled examples the students learn from the teacher alone: the source's transfer file or split,
+    else (with `limit.transfer`) the train examples beyond `limit.train`, their labels left out; capped at
+    `limit.transfer`. None when the task has none."""
+    where = f"tasks.{spec.name}"
+    count = (spec.limit or {}).get(TRANSFER)
+    if given is not None:
+        pool = _clean_unlabelled(spec, given)
+    elif count is None:
+        return None
+    else:
+        kept = (spec.limit or {}).get("train")
+        if kept is None:
+            raise DistillInputError(f"{where}.limit.transfer: the transfer examples come from a transfer file, or "
+                                    f"from the train examples beyond limit.train; set limit.train or give "
+                                    f"source.files.transfer")
+        pool = Split(train.texts[kept:], [None] * max(len(train.texts) - kept, 0), train.rows[kept:], train.origin)
+    pool = _limit(pool, count)
+    if not pool.texts:
+        raise DistillInputError(f"{where}: the transfer split has no examples ({len(train.texts)} train examples, "
+                                f"limit.train {(spec.limit or {}).get('train')}); lower limit.train or leave out "
+                                f"limit.transfer")
+    return pool
+
+
+def _clean_unlabelled(spec: TaskSpec, split: Split) -> Split:
+    """Transfer examples: texts only (token tasks: lists of words); empty ones are skipped."""
+    keep = []
+    for i, text in enumerate(split.texts):
+        if spec.type == "token_classification":
+            if not isinstance(text, list) or not all(isinstance(w, str) for w in text):
+                raise DistillInputError(f"{split.origin}: row {split.rows[i]}: token_classification needs a list "
+                                        f"of words in {spec.text_field!r}")
+            if any(w.strip() for w in text):
+                keep.append(i)
+        elif text is not None and str(text).strip():
+            keep.append(i)
+    if len(keep) < len(split.texts):
+        log.warning("task %s, transfer split: skipped %d example(s) with empty text", spec.name,
+                    len(split.texts) - len(keep))
+    return Split([split.texts[i] for i in keep], [None] * len(keep), [split.rows[i] for i in keep], split.origin)
 
 
 def _limit(split: Split, count: int | None) -> Split:
@@ -309,7 +361,8 @@ def encode_tasks(tasks: list[TaskData], tokenizer: Any, max_length: int) -> None
     for task in tasks:
         label_id = {label: i for i, label in enumerate(task.info.labels)}
         for name, split in task.splits.items():
-            task.encoded[name] = encode_split(task.info, split.texts, split.labels, tokenizer, max_length, label_id)
+            labels = None if name == TRANSFER else split.labels
+            task.encoded[name] = encode_split(task.info, split.texts, labels, tokenizer, max_length, label_id)
 
 
 def encode_split(info: TaskInfo, texts: list, labels: list | None, tokenizer: Any, max_length: int,
@@ -340,8 +393,10 @@ def _encode_labels(info: TaskInfo, labels: list | None, label_id: dict[str, int]
     if info.type == "regression":
         return [float(y) for y in labels] if labels is not None else [math.nan] * count
     if info.type == "multi_label_classification":
+        if labels is None:  # NaN rows: no gold label (the losses leave them out)
+            return [np.full(len(info.labels), np.nan, dtype=np.float32) for _ in range(count)]
         rows = []
-        for names in labels if labels is not None else [[]] * count:
+        for names in labels:
             row = np.zeros(len(info.labels), dtype=np.float32)
             row[[label_id[str(name)] for name in names]] = 1.0
             rows.append(row)
@@ -349,12 +404,15 @@ def _encode_labels(info: TaskInfo, labels: list | None, label_id: dict[str, int]
     return [label_id[str(y)] for y in labels] if labels is not None else [IGNORE_INDEX] * count
 
 
-def fingerprint(tasks: list[TaskData]) -> str:
-    """sha256 over every task's definition, label map and tokenised splits."""
+def fingerprint(tasks: list[TaskData], labelled_only: bool = False) -> str:
+    """sha256 over every task's definition, label map and tokenised splits (`labelled_only`: not the transfer
+    split, for what never reads it, such as the teacher's fine-tuning)."""
     digest = hashlib.sha256()
     for task in tasks:
         digest.update(repr(task.info.to_json()).encode())
         for name in sorted(task.encoded):
+            if labelled_only and name == TRANSFER:
+                continue
             split = task.encoded[name]
             digest.update(f"{name}:{len(split)}".encode())
             for ids, labels in zip(split.input_ids, split.labels, strict=True):

@@ -27,6 +27,7 @@ from distill.data.metrics import mean_score
 from distill.data.tasks import TaskData
 from distill.distillation.layer_map import layer_pairs
 from distill.distillation.projections import HiddenProjections, attached
+from distill.distillation.transfer import TrainWithTransfer, student_train_splits
 from distill.model.attention import capture_qkv
 from distill.model.encoder import config_value, find_anatomy, head_size
 from distill.model.multitask import MultiTaskModel
@@ -76,7 +77,9 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
                                     config_value(teacher_config, "hidden"), projected)
     heads = Heads(head_size(student.encoder.config), config_value(teacher_config, "heads"), config.relation_heads)
     pad_id = int(tokenizer.pad_token_id or 0)
-    train = {t.info.name: t.encoded["train"] for t in tasks}
+    train, train_sizes = student_train_splits(tasks)
+    if any(len(train[name]) > size for name, size in train_sizes.items()):
+        source = TrainWithTransfer(source, train_sizes)
     log.info("student %s: layer pairs (student, teacher) %s, %d projection(s)", name, pairs, len(projections.maps))
 
     def evaluate_dev(model: torch.nn.Module) -> tuple[float, dict]:

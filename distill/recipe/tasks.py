@@ -10,6 +10,8 @@ from distill.core.task_types import TaskType
 from distill.recipe.common import Strict, TaskName
 
 SPLITS = ("train", "dev", "test")
+# Unlabelled examples the students learn from the teacher alone (the teacher never trains on them).
+TRANSFER = "transfer"
 # The metrics each task type can use as its primary metric; the first is the default.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "sequence_classification": ("accuracy", "macro_f1"),
@@ -34,9 +36,11 @@ class SourceSpec(Strict):
         if len(given) != 1:
             raise ValueError("give exactly one of 'demo', 'files' or 'hub'")
         if isinstance(self.files, dict):
-            unknown = set(self.files) - set(SPLITS)
+            unknown = set(self.files) - {*SPLITS, TRANSFER}
             if unknown:
-                raise ValueError(f"files: unknown split(s) {sorted(unknown)}; use train, dev, test")
+                raise ValueError(f"files: unknown split(s) {sorted(unknown)}; use train, dev, test, transfer")
+            if TRANSFER in self.files and len(self.files) == 1:
+                raise ValueError("files: a transfer file needs labelled data beside it (a train file at least)")
         return self
 
 
@@ -52,7 +56,8 @@ class TaskSpec(Strict):
         default=None, description="train/dev/test -> the source's split names (hub datasets)"
     )
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    limit: dict[str, int] | None = Field(default=None, description="at most this many examples per split")
+    limit: dict[str, int] | None = Field(
+        default=None, description="at most this many examples per split; transfer: see TRANSFER")
     metric: Literal["accuracy", "macro_f1", "entity_f1", "micro_f1", "pearson", "spearman"] | None = Field(
         default=None, description="the primary metric; default by type (see TASK_METRICS)")
     weight: float = Field(default=1.0, gt=0, description="this task's share of the loss")
@@ -65,6 +70,22 @@ class TaskSpec(Strict):
     def _ratios(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
         if any(r <= 0 for r in value) or abs(sum(value) - 1.0) > 1e-6:
             raise ValueError("three positive numbers that sum to 1 (train, dev, test)")
+        return value
+
+    @field_validator("splits", "limit")
+    @classmethod
+    def _split_names(cls, value: dict | None) -> dict | None:
+        unknown = sorted(set(value or {}) - {*SPLITS, TRANSFER})
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown}; use train, dev, test, transfer")
+        return value
+
+    @field_validator("limit")
+    @classmethod
+    def _positive_limits(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        for name, count in (value or {}).items():
+            if count < 1:
+                raise ValueError(f"{name}: {count}; a limit is at least 1")
         return value
 
     @model_validator(mode="after")

@@ -17,8 +17,11 @@ from distill.model.attention import split_heads
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Gold-label cross-entropy −log softmax(z)_y, averaged; positions labelled -100 are ignored (token tasks)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    """Gold-label cross-entropy −log softmax(z)_y, averaged over labelled items; items labelled -100 (padding,
+    later word pieces, transfer examples) are ignored, and a batch without any label costs 0."""
+    flat = labels.reshape(-1)
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (flat != IGNORE_INDEX).sum().clamp_min(1)
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
@@ -123,23 +126,34 @@ def regression_mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return F.mse_loss(predictions.reshape(-1), targets.reshape(-1))
 
 
+def _labelled_only(loss, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`loss` over the examples with a gold label (transfer examples carry NaN); 0 when none has one."""
+    labelled = ~torch.isnan(labels.reshape(len(labels), -1)).any(-1)
+    if labelled.all():
+        return loss(logits, labels)
+    if not labelled.any():
+        return logits.sum() * 0.0
+    return loss(logits[labelled], labels[labelled])
+
+
 def task_losses(task_type: str, logits: torch.Tensor, labels: torch.Tensor,
                 teacher_logits: torch.Tensor | None = None, temperature: float = 1.0,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(gold loss, KD loss) for one batch of a task, by task type; KD is None without teacher logits.
 
     Classification: cross-entropy and T²·KL; multi-label: BCE against the labels and against the teacher's
-    sigmoid(·/T) (×T²); regression: MSE to the gold value and to the teacher's value. Targets move to the
-    logits' device and losses are computed in fp32."""
+    sigmoid(·/T) (×T²); regression: MSE to the gold value and to the teacher's value. The gold loss covers the
+    labelled examples only (transfer examples have none), KD every example. Targets move to the logits' device
+    and losses are computed in fp32."""
     device = logits.device
     logits = logits.float()
     labels = labels.to(device)
     teacher = None if teacher_logits is None else teacher_logits.to(device).float()
     if task_type == "multi_label_classification":
-        gold = multilabel_bce(logits, labels.float())
+        gold = _labelled_only(multilabel_bce, logits, labels.float())
         kd = None if teacher is None else multilabel_bce(logits, torch.sigmoid(teacher / temperature), temperature)
     elif task_type == "regression":
-        gold = regression_mse(logits, labels.float())
+        gold = _labelled_only(regression_mse, logits, labels.float())
         kd = None if teacher is None else regression_mse(logits, teacher)
     else:
         gold = cross_entropy(logits, labels)

@@ -9,7 +9,7 @@ import numpy as np
 
 from distill.core.fileio import sha256_file
 from distill.core.tokenizer import is_tokenizer_file
-from distill.data.tasks import EncodedSplit, TaskData
+from distill.data.tasks import IGNORE_INDEX, EncodedSplit, TaskData
 from teachers.cache.store import FORMAT_VERSION
 
 
@@ -32,7 +32,10 @@ def split_digest(split: EncodedSplit) -> dict:
     for ids, labels in zip(split.input_ids, split.labels, strict=True):
         digest.update(np.asarray(ids, dtype=np.int64).tobytes())
         digest.update(b"|")
-        digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+        values = np.asarray(labels)
+        if values.dtype.kind == "f":  # a transfer example's missing label (NaN) hashes like an ignored one
+            values = np.where(np.isnan(values), IGNORE_INDEX, values)
+        digest.update(values.astype(np.int64).tobytes())
         digest.update(b";")
     return {"examples": len(split), "tokens": int(sum(len(ids) for ids in split.input_ids)),
             "sha256": digest.hexdigest()}
