@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,20 @@ def fresh_cache_dir(directory: Path, shared: Path) -> Path:
         if (shared / name).is_dir():
             (directory / name).symlink_to((shared / name).resolve(), target_is_directory=True)
     return directory
+
+
+@contextmanager
+def cache_dir_set_to(directory: Path) -> Iterator[None]:
+    """$DISTILL_CACHE_DIR pointed at `directory` for the block, as it was afterwards."""
+    before = os.environ.get("DISTILL_CACHE_DIR")
+    os.environ["DISTILL_CACHE_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DISTILL_CACHE_DIR", None)
+        else:
+            os.environ["DISTILL_CACHE_DIR"] = before
 
 
 def first_epoch_seconds(logs: Path, student: str) -> float:
@@ -114,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     for source in SOURCES:
         # each side starts from an empty cache directory, so the cached sweep pays its build and each side
         # measures the teacher's statistics (importance, covariance) once
-        os.environ["DISTILL_CACHE_DIR"] = str(fresh_cache_dir(out / f"distill-cache-{source}", shared_cache))
         run_dir = out / source
-        run = run_recipe(sweep_recipe(recipe, students, teacher_dir, args.epochs, source), run_dir, until="train")
+        with cache_dir_set_to(fresh_cache_dir(out / f"distill-cache-{source}", shared_cache)):
+            run = run_recipe(sweep_recipe(recipe, students, teacher_dir, args.epochs, source), run_dir,
+                             until="train")
         stages = {s["name"]: s for s in run["stages"]}
         if source == "cache":
             cache_seconds = stages["cache"]["seconds"]

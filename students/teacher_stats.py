@@ -24,6 +24,7 @@ from distill.core.fileio import (
     cache_dir,
     read_json,
     sha256_dir,
+    sha256_files,
     sha256_json,
 )
 from distill.data.tasks import TaskData, fingerprint
@@ -37,6 +38,12 @@ def stats_dir() -> Path:
     return cache_dir() / "teacher-stats"
 
 
+def _measuring_code() -> str:
+    """sha256 of the modules that measure the statistics: a changed measurement is never read from an old file."""
+    here = Path(__file__).parent
+    return sha256_files([here / "importance.py", here / "hidden.py", here / "build.py"], here)
+
+
 class TeacherStats:
     """The statistics of one teacher on one set of tasks: each looked up by what it depends on, else computed
     and stored."""
@@ -47,7 +54,7 @@ class TeacherStats:
     @cached_property
     def _identity(self) -> dict[str, Any]:
         # hashed on first use: a student that needs no statistics does not read the teacher's weights twice
-        return {"version": STATS_VERSION, "teacher": sha256_dir(self._teacher_dir),
+        return {"version": STATS_VERSION, "code": _measuring_code(), "teacher": sha256_dir(self._teacher_dir),
                 "data": fingerprint(self._tasks, labelled_only=True)}
 
     def _path(self, kind: str, settings: dict[str, Any], suffix: str) -> tuple[Path, str]:
@@ -64,8 +71,8 @@ class TeacherStats:
             log.info("teacher %s: read from %s", kind, path)
             return stored
         values = compute()
-        atomic_save_safetensors(path, {name: value.detach().cpu().contiguous() for name, value in values.items()},
-                                metadata={"key": key})
+        _store(path, lambda: atomic_save_safetensors(
+            path, {name: value.detach().cpu().contiguous() for name, value in values.items()}, metadata={"key": key}))
         return values
 
     def json(self, kind: str, settings: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -79,8 +86,17 @@ class TeacherStats:
             log.info("teacher %s: read from %s", kind, path)
             return stored["value"]
         value = compute()
-        atomic_write_json(path, {"key": key, "value": value})
+        _store(path, lambda: atomic_write_json(path, {"key": key, "value": value}))
         return value
+
+
+def _store(path: Path, write: Callable[[], None]) -> None:
+    """Keep the statistics for the next student; a cache directory that cannot be written only costs time."""
+    try:
+        write()
+    except OSError as exc:
+        log.warning("could not keep the teacher statistics in %s (%s); the next student measures them again",
+                    path, exc)
 
 
 def _read_tensors(path: Path, key: str) -> dict[str, torch.Tensor] | None:

@@ -22,6 +22,7 @@ from distill.core.errors import DistillInputError
 from distill.core.fileio import atomic_write_json, atomic_write_text, read_json
 from distill.data.tasks import TaskData
 from distill.model.multitask import MultiTaskModel
+from distill.recipe.tasks import TRANSFER
 from students.modules import StudentEmbedding
 from students.vocab_map import VOCAB_FILE, VocabMap
 
@@ -30,24 +31,26 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 
 
-def token_counts(tasks: list[TaskData], split: str, size: int) -> np.ndarray:
-    """How often each teacher id occurs in a split of every task."""
+def token_counts(tasks: list[TaskData], splits: tuple[str, ...], size: int) -> np.ndarray:
+    """How often each teacher id occurs in the given splits of every task (a split a task lacks counts 0)."""
     counts = np.zeros(size, dtype=np.int64)
     for task in tasks:
-        for ids in task.encoded[split].input_ids:
-            counts += np.bincount(ids, minlength=size)
+        for split in splits:
+            for ids in task.encoded[split].input_ids if split in task.encoded else []:
+                counts += np.bincount(ids, minlength=size)
     return counts
 
 
 def choose_vocab(choice: str | int, tasks: list[TaskData], tokenizer: Any, teacher_size: int,
                  where: str = "students.vocab", embeddings: torch.Tensor | None = None) -> VocabMap:
-    """`corpus`: every piece seen in the train split; N: the N most frequent there (special tokens count in N).
+    """`corpus`: every piece seen in the text the students train on (train and transfer splits); N: the N most
+    frequent there (special tokens count in N).
     With the teacher's `embeddings` table, dropped pieces get their nearest kept piece (see `nearest_kept`)."""
     if tokenizer.unk_token_id is None:
         raise DistillInputError(f"{where}: the teacher's tokenizer has no unknown token to map dropped pieces to")
     _check_remappable(json.loads(tokenizer.backend_tokenizer.to_str())["model"], where)
     specials = sorted({int(i) for i in tokenizer.all_special_ids} | {int(i) for i in tokenizer.added_tokens_decoder})
-    counts = token_counts(tasks, "train", teacher_size)
+    counts = token_counts(tasks, ("train", TRANSFER), teacher_size)
     counts[specials] = 0
     if choice == "corpus":
         chosen = np.flatnonzero(counts)
@@ -94,7 +97,7 @@ def coverage(vocab: VocabMap, tasks: list[TaskData], specials: list[int]) -> dic
     kept = np.zeros(vocab.teacher_size, dtype=bool)
     kept[vocab.kept] = True
     for split in ("train", "dev", "test"):
-        counts = token_counts(tasks, split, vocab.teacher_size)
+        counts = token_counts(tasks, (split,), vocab.teacher_size)
         counts[specials] = 0
         out[split] = float(counts[kept].sum() / max(counts.sum(), 1))
     return out

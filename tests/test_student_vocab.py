@@ -25,7 +25,7 @@ def _kept_pieces(tokenizer, vocab) -> set[str]:
 def test_vocab_keeps_specials_and_the_most_frequent_pieces(tiny_teacher):
     _, _, tokenizer, tasks = tiny_teacher
     size = len(tokenizer)
-    counts = token_counts(tasks, "train", size)
+    counts = token_counts(tasks, ("train",), size)
     corpus = choose_vocab("corpus", tasks, tokenizer, size)
     specials = set(tokenizer.all_special_ids)
     assert specials <= set(corpus.kept.tolist())

@@ -73,3 +73,17 @@ def test_another_teacher_or_a_damaged_file_is_measured_again(tiny_teacher, tmp_p
     assert stored_json == {"score": 1}
     assert TeacherStats(teacher_dir, tasks).json("vocab-effect", {"vocab": "a"}, lambda: {"score": 2}) == {"score": 1}
     assert TeacherStats(teacher_dir, tasks).json("vocab-effect", {"vocab": "b"}, lambda: {"score": 2}) == {"score": 2}
+
+
+def test_a_cache_directory_that_cannot_be_written_only_costs_time(tiny_teacher, monkeypatch, caplog):
+    import students.teacher_stats as teacher_stats
+
+    _, teacher_dir, _, tasks = tiny_teacher
+
+    def refuse(*_args, **_kwargs):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(teacher_stats, "atomic_save_safetensors", refuse)
+    value = TeacherStats(teacher_dir, tasks).tensors("importance", {"examples": 4}, lambda: {"v": torch.ones(2)})
+    assert torch.equal(value["v"], torch.ones(2))
+    assert "could not keep the teacher statistics" in caplog.text

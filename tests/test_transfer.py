@@ -142,3 +142,26 @@ def test_the_teacher_never_sees_transfer_examples_and_the_students_learn_from_th
     assert manifest["tasks"]["sentiment"]["splits"]["transfer"]["examples"] == 40
     log = [json.loads(line) for line in (tmp_path / "out" / "logs" / "student-s2.jsonl").read_text().splitlines()]
     assert log and all(np.isfinite(r["train_loss"]) for r in log if "train_loss" in r)
+
+
+def test_a_transfer_file_that_is_a_labelled_split_is_refused(tmp_path, tiny_base):
+    def edit(data):
+        path = data["tasks"][0]["source"]["files"]
+        data["tasks"][0]["source"] = {"files": {"train": path, "test": path, "dev": path, "transfer": path}}
+    with pytest.raises(DistillInputError, match=r"source\.files\.transfer: the same data as the train split"):
+        _tasks(tmp_path, tiny_base, edit)
+
+
+def test_the_vocabulary_counts_the_transfer_text(tmp_path, tiny_base):
+    from students.vocab import choose_vocab
+
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("text\nx y z\n")
+
+    def edit(data):
+        data["tasks"][0]["source"] = {"files": {"train": data["tasks"][0]["source"]["files"],
+                                                "transfer": str(unlabelled)}}
+    tasks = list(_tasks(tmp_path, tiny_base, edit).values())
+    tokenizer = load_tokenizer(tiny_base)
+    kept = set(choose_vocab("corpus", tasks, tokenizer, tokenizer.vocab_size).kept.tolist())
+    assert {tokenizer.convert_tokens_to_ids(piece) for piece in ("x", "y", "z")} <= kept

@@ -93,9 +93,10 @@ def _read_source(task: TaskSpec, recipe: Recipe) -> dict[str, Split]:
             if not path.is_file():
                 raise DistillInputError(f"tasks.{task.name}.source.files: {path} is not a file")
             resolved[split] = path
-        fmt = source.format or _format_of(next(iter(resolved.values())))
+        _check_transfer_apart(task, {split: path.resolve() for split, path in resolved.items()}, "source.files")
         out = {}
         for split, path in resolved.items():
+            fmt = source.format or _format_of(path)
             if fmt in ("csv", "json"):
                 _check_utf8(path)
             try:
@@ -107,6 +108,7 @@ def _read_source(task: TaskSpec, recipe: Recipe) -> dict[str, Split]:
         return out
 
     splits = task.splits or {"train": "train", "dev": "validation", "test": "test"}
+    _check_transfer_apart(task, splits, "splits")
     try:
         dataset = datasets.load_dataset(source.hub, source.hub_config)
     except Exception as exc:
@@ -117,7 +119,20 @@ def _read_source(task: TaskSpec, recipe: Recipe) -> dict[str, Split]:
             out[ours] = _columns(task, dataset[theirs], f"{source.hub}[{theirs}]", labelled=ours != TRANSFER)
     if "train" not in out:
         raise DistillInputError(f"tasks.{task.name}.splits: {source.hub!r} has no split named {splits.get('train')!r}")
+    if TRANSFER in splits and TRANSFER not in out:
+        raise DistillInputError(f"tasks.{task.name}.splits.transfer: {source.hub!r} has no split named "
+                                f"{splits[TRANSFER]!r}; its splits are {sorted(dataset)}")
     return out
+
+
+def _check_transfer_apart(task: TaskSpec, sources: dict[str, Any], key: str) -> None:
+    """Transfer examples are never the labelled splits' own (students would train on the test texts)."""
+    if TRANSFER not in sources:
+        return
+    same = [split for split, where in sources.items() if split != TRANSFER and where == sources[TRANSFER]]
+    if same:
+        raise DistillInputError(f"tasks.{task.name}.{key}.transfer: the same data as the {same[0]} split; give "
+                                "unlabelled examples of their own")
 
 
 def _check_utf8(path: Path) -> None:
