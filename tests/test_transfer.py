@@ -29,6 +29,17 @@ def _tasks(tmp_path, tiny_base, edit):
     return {t.info.name: t for t in tasks}
 
 
+def _sentiment_transfer_file(tmp_path, content: str):
+    """A recipe edit: the sentiment task reads its train file and, as transfer, a CSV of `content`."""
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text(content)
+
+    def edit(data):
+        data["tasks"][0]["source"] = {"files": {"train": data["tasks"][0]["source"]["files"],
+                                                "transfer": str(unlabelled)}}
+    return edit
+
+
 def test_limit_transfer_takes_the_train_examples_beyond_limit_train_without_their_labels(tmp_path, tiny_base):
     def limits(transfer: bool):
         def edit(data):
@@ -48,12 +59,7 @@ def test_limit_transfer_takes_the_train_examples_beyond_limit_train_without_thei
 
 
 def test_a_transfer_file_needs_only_the_text_column(tmp_path, tiny_base):
-    unlabelled = tmp_path / "unlabelled.csv"
-    unlabelled.write_text("text\na good film\n\"\"\nthe plot was dull\n")
-
-    def edit(data):
-        data["tasks"][0]["source"] = {"files": {"train": data["tasks"][0]["source"]["files"],
-                                                "transfer": str(unlabelled)}}
+    edit = _sentiment_transfer_file(tmp_path, "text\na good film\n\"\"\nthe plot was dull\n")
     tasks = _tasks(tmp_path, tiny_base, edit)
     assert tasks["sentiment"].splits["transfer"].texts == ["a good film", "the plot was dull"]
     assert "transfer" not in tasks["ner"].splits
@@ -155,13 +161,7 @@ def test_a_transfer_file_that_is_a_labelled_split_is_refused(tmp_path, tiny_base
 def test_the_vocabulary_counts_the_transfer_text(tmp_path, tiny_base):
     from students.vocab import choose_vocab
 
-    unlabelled = tmp_path / "unlabelled.csv"
-    unlabelled.write_text("text\nx y z\n")
-
-    def edit(data):
-        data["tasks"][0]["source"] = {"files": {"train": data["tasks"][0]["source"]["files"],
-                                                "transfer": str(unlabelled)}}
-    tasks = list(_tasks(tmp_path, tiny_base, edit).values())
+    tasks = list(_tasks(tmp_path, tiny_base, _sentiment_transfer_file(tmp_path, "text\nx y z\n")).values())
     tokenizer = load_tokenizer(tiny_base)
     kept = set(choose_vocab("corpus", tasks, tokenizer, tokenizer.vocab_size).kept.tolist())
     assert {tokenizer.convert_tokens_to_ids(piece) for piece in ("x", "y", "z")} <= kept

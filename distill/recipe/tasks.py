@@ -21,6 +21,13 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_split_names(names: dict, prefix: str) -> None:
+    """Refuse a split name other than train, dev, test and transfer (as keys of files, splits or limit)."""
+    unknown = sorted(set(names) - {*SPLITS, TRANSFER})
+    if unknown:
+        raise ValueError(f"{prefix}unknown split(s) {unknown}; use train, dev, test, transfer")
+
+
 class SourceSpec(Strict):
     """Where a task's examples come from: exactly one of `demo`, `files`, `hub`."""
 
@@ -36,9 +43,7 @@ class SourceSpec(Strict):
         if len(given) != 1:
             raise ValueError("give exactly one of 'demo', 'files' or 'hub'")
         if isinstance(self.files, dict):
-            unknown = set(self.files) - {*SPLITS, TRANSFER}
-            if unknown:
-                raise ValueError(f"files: unknown split(s) {sorted(unknown)}; use train, dev, test, transfer")
+            check_split_names(self.files, "files: ")
             if TRANSFER in self.files and len(self.files) == 1:
                 raise ValueError("files: a transfer file needs labelled data beside it (a train file at least)")
         return self
@@ -75,9 +80,7 @@ class TaskSpec(Strict):
     @field_validator("splits", "limit")
     @classmethod
     def _split_names(cls, value: dict | None) -> dict | None:
-        unknown = sorted(set(value or {}) - {*SPLITS, TRANSFER})
-        if unknown:
-            raise ValueError(f"unknown split(s) {unknown}; use train, dev, test, transfer")
+        check_split_names(value or {}, "")
         return value
 
     @field_validator("limit")
