@@ -118,6 +118,37 @@ def test_narrow_student_trains_its_projections_and_saves_without_them(setup, tmp
                          tmp_path / "log2.jsonl", "narrow")
 
 
+def test_a_narrow_student_distils_under_bf16_autocast(setup, tmp_path, monkeypatch):
+    """Every loss (logits, hidden states through projections, relations from captured Q/K/V) takes the
+    bfloat16 forward pass of a CPU with native bf16 and gives finite fp32 terms."""
+    recipe, tasks, tokenizer, teacher_dir = setup(
+        losses={"hard": 1, "kd_kl": 1, "hidden_mse": 1, "relations": 1, "embedding": 1}, layer_map="all")
+    recipe.training.mixed_precision = "bf16"
+    monkeypatch.setattr("distill.train.settings.native_bf16", lambda: True)
+    teacher = MultiTaskModel.load(teacher_dir)
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=teacher.encoder.config.vocab_size, hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=24, max_position_embeddings=64)
+    student = MultiTaskModel(BertModel(config), [t.info for t in tasks])
+    dtypes = set()
+    student.encoder.encoder.layer[0].attention.self.query.register_forward_hook(
+        lambda _m, _i, out: dtypes.add((student.training, out.dtype)))
+    source = OnlineTeacher(teacher, tasks, tokenizer.pad_token_id)
+    distiller.distil(student, teacher.encoder.config, recipe, tasks, source, tokenizer, tmp_path / "student",
+                     tmp_path / "log.jsonl", "narrow")
+    assert dtypes == {(True, torch.bfloat16), (False, torch.float32)}, "bf16 steps, fp32 evaluation"
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    terms = next(r for r in records if "loss_terms" in r)["loss_terms"]
+    assert set(terms) == {"hard", "kd_kl", "hidden_mse", "relations", "embedding"}
+    assert all(np.isfinite(v) and v > 0 for v in terms.values())
+    batch = pad_batch(tasks[0].info.name, tasks[0].encoded["train"], np.arange(4), tokenizer.pad_token_id)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = student(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask),
+                      output_hidden_states=True)
+    assert {t.dtype for t in (*out.logits.values(), *out.hidden_states)} == {torch.float32}, "what losses see"
+    assert MultiTaskModel.load(tmp_path / "student").encoder.embeddings.word_embeddings.weight.dtype == torch.float32
+
+
 def test_two_stage_online_run_trains_and_saves_a_student(trained_run, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_CACHE_DIR", str(trained_run / "cache"))
     recipe = yaml.safe_load((trained_run / "recipe.yaml").read_text())

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 from collections import Counter
 
 import numpy as np
@@ -231,12 +232,49 @@ def test_per_task_metrics_and_learning_rate_are_logged(tmp_path):
     assert {"epoch", "step", "train_loss", "dev_score", "learning_rate", "seconds"} <= set(record)
 
 
-def test_mixed_precision_is_ignored_on_cpu_with_a_log_line(tmp_path, caplog):
+def _autocast_seen(tmp_path, monkeypatch, native: bool, mixed_precision: str) -> tuple[set, set, set]:
+    """What the training steps and the evaluations saw: CPU autocast on or off, and the heads' output dtypes."""
+    monkeypatch.setattr("distill.train.settings.native_bf16", lambda: native)
+    steps, evaluations, dtypes = set(), set(), set()
+
+    def loss_fn(model, batch):
+        steps.add(torch.is_autocast_enabled("cpu"))
+        logits = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask), batch.task)
+        dtypes.add(logits.dtype)
+        return F.cross_entropy(logits.float(), torch.from_numpy(batch.labels))
+
+    class Seeing(Recorder):
+        def evaluate(self, model):
+            evaluations.add(torch.is_autocast_enabled("cpu"))
+            return super().evaluate(model)
+
+    summary, _, model = run(tmp_path, {"mixed_precision": mixed_precision}, loss_fn, recorder=Seeing(toy_data()),
+                            epochs=1)
+    assert math.isfinite(summary.best_score) and model.heads["a"].weight.dtype == torch.float32
+    return steps, evaluations, dtypes
+
+
+def test_bf16_autocasts_the_training_steps_on_a_cpu_with_native_bfloat16(tmp_path, monkeypatch, caplog):
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")
     with caplog.at_level(logging.INFO):
-        run(tmp_path, {"mixed_precision": "bf16"}, epochs=1)
-    assert "training.mixed_precision bf16 is ignored on CPU" in caplog.text
+        steps, evaluations, dtypes = _autocast_seen(tmp_path, monkeypatch, True, "bf16")
+    assert steps == {True} and dtypes == {torch.bfloat16}, "every step in bfloat16"
+    assert evaluations == {False}, "evaluation in fp32"
+    assert "training steps autocast to bfloat16 on this CPU" in caplog.text
+
+
+@pytest.mark.parametrize(("native", "mixed_precision", "why"), [
+    (False, "bf16", "it has no native bfloat16"), (True, "fp16", "use bf16 on a CPU with native bfloat16")])
+def test_mixed_precision_this_cpu_cannot_speed_up_trains_in_fp32_with_a_log_line(tmp_path, monkeypatch, caplog,
+                                                                                  native, mixed_precision, why):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    with caplog.at_level(logging.INFO):
+        steps, evaluations, dtypes = _autocast_seen(tmp_path, monkeypatch, native, mixed_precision)
+    assert steps == evaluations == {False} and dtypes == {torch.float32}
+    assert f"training.mixed_precision {mixed_precision} is ignored on this CPU ({why}); training in fp32" \
+        in caplog.text
 
 
 def test_tensorboard_writes_events_or_says_what_is_missing(tmp_path):

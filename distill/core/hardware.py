@@ -7,7 +7,9 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd")
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16",
+             "amx_bf16", "neon", "asimd", "bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16 / AMX, Arm's BFloat16 extension
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -29,6 +31,11 @@ def _version(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:
         return None
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (otherwise torch emulates it, slower than fp32)."""
+    return any(flag in _cpuinfo()[1] for flag in BF16_FLAGS)
 
 
 def hardware(threads: int | None = None) -> dict:

@@ -37,6 +37,7 @@ def capture_qkv(encoder: nn.Module, wanted: list[int]) -> Iterator[dict[int, lis
                 parts = captured.setdefault(number, [None, None, None])
                 if parts[slot] is not None:  # a later call (DeBERTa projects its relative positions too)
                     return
+                output = output.float()  # fp32 for the losses under bf16 autocast
                 if fused:
                     parts[:] = output.chunk(3, dim=-1)
                 else:

@@ -58,8 +58,9 @@ class MultiTaskModel(nn.Module):
         logits = {}
         for name in names:
             features = sequence if self.tasks[name].token_level else sequence[:, 0]
-            logits[name] = self.heads[name](features)
-        return ModelOutputs(logits, out.hidden_states if output_hidden_states else None, attention_mask)
+            logits[name] = self.heads[name](features).float()  # fp32 for the losses under bf16 autocast
+        hidden = tuple(h.float() for h in out.hidden_states) if output_hidden_states else None
+        return ModelOutputs(logits, hidden, attention_mask)
 
     def save(self, directory: Path, tokenizer=None) -> None:
         """Write the encoder (save_pretrained), the heads (safetensors), tasks.json and the tokenizer."""

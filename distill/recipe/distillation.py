@@ -142,7 +142,8 @@ class TrainingSpec(Strict):
         default=False, description="learn a log-variance s_t per task: loss = exp(-s_t)·L_t + s_t (Kendall et al.)")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="batches summed into one optimiser step")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
-        default="no", description="autocast on GPU (ignored on CPU, with a log line)")
+        default="no",
+        description="autocast on GPU; bf16 also on a CPU with native bfloat16 (else fp32, with a log line)")
     checkpoint_every_steps: int | None = Field(
         default=None, gt=0, description="also checkpoint every N optimiser steps (there is one at each epoch end)")
     early_stopping_patience: int | None = Field(

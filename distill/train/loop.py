@@ -43,6 +43,7 @@ from distill.train.settings import (
     LoopState,
     TrainSettings,
     TrainSummary,
+    cpu_autocast,
     is_out_of_memory,
     make_accelerator,
     make_optimizer,
@@ -93,6 +94,7 @@ class _Run:
         self.settings, self.engine, self.desc, self.checkpoint_dir = settings, engine, desc, checkpoint_dir
         seed_everything(settings.seed)
         self.accelerator = accelerator = make_accelerator(engine.mixed_precision)
+        self.autocast = cpu_autocast(engine.mixed_precision) if accelerator.device.type == "cpu" else nullcontext
         self.main = accelerator.is_main_process
         self.weighting = UncertaintyWeighting(list(train)).to(accelerator.device) \
             if engine.uncertainty_weighting else None
@@ -168,7 +170,8 @@ class _Run:
             # gradients are all-reduced across processes only on the group's last batch
             sync = nullcontext() if k == len(group) - 1 else accelerator.no_sync(self.model)
             with sync:
-                loss = self.loss_fn(self.model, batch)
+                with self.autocast():
+                    loss = self.loss_fn(self.model, batch)
                 value = loss.item()
                 if not math.isfinite(value) and bad is None:
                     bad = (task, value)

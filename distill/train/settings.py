@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -12,6 +14,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from distill.core.fileio import sha256_json
+from distill.core.hardware import native_bf16
 from distill.data.tasks import EncodedSplit
 from distill.recipe import Recipe, TrainingSpec
 
@@ -86,14 +89,27 @@ def seed_everything(seed: int) -> None:
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
-    """An Accelerator on the GPU when there is one (as distill.core.processes); mixed precision only there."""
+    """An Accelerator on the GPU when there is one (as distill.core.processes), with its mixed precision there;
+    on CPU it runs fp32 and `cpu_autocast` covers the training step."""
     cpu = not torch.cuda.is_available()
-    if cpu and mixed_precision != "no":
-        log.info("training.mixed_precision %s is ignored on CPU; training in fp32", mixed_precision)
-        mixed_precision = "no"
     # each batch uses one task's head only, so DDP must expect parameters without gradients
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+    return Accelerator(cpu=cpu, mixed_precision="no" if cpu else mixed_precision, kwargs_handlers=[ddp])
+
+
+def cpu_autocast(mixed_precision: str) -> Callable[[], AbstractContextManager]:
+    """What wraps a training step on CPU: bfloat16 autocast for `bf16` where the CPU multiplies bfloat16 in
+    hardware (AVX-512 BF16, AMX, Arm BF16: about twice as fast as fp32 for an encoder), otherwise fp32 with a
+    log line (emulated bfloat16 is slower than fp32; CPUs have no fast fp16). The weights, the optimiser and
+    evaluation stay fp32."""
+    if mixed_precision == "bf16" and native_bf16():
+        log.info("training.mixed_precision bf16: training steps autocast to bfloat16 on this CPU (native bf16); "
+                 "weights and evaluation stay fp32")
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    if mixed_precision != "no":
+        why = "it has no native bfloat16" if mixed_precision == "bf16" else "use bf16 on a CPU with native bfloat16"
+        log.info("training.mixed_precision %s is ignored on this CPU (%s); training in fp32", mixed_precision, why)
+    return nullcontext
 
 
 def parameter_groups(model: torch.nn.Module, head_learning_rate: float | None) -> list[dict[str, Any]]:
