@@ -72,10 +72,11 @@ def _student_settings(spec: StudentSpec) -> dict:
 
 
 def _distillation_inputs(recipe: Recipe) -> dict:
-    """The distillation settings; `sampling` only when set (the hashes of recipes written before it existed stay
-    as they were)."""
+    """The distillation settings; `sampling` and `head_learning_rate` only when set (the hashes of recipes written
+    before they existed stay as they were)."""
     config = recipe.distillation
-    return config.model_dump(exclude={"sampling"} if config.sampling is None else set())
+    return config.model_dump(exclude={name for name in ("sampling", "head_learning_rate")
+                                      if getattr(config, name) is None})
 
 
 def _training_inputs(recipe: Recipe) -> dict:

@@ -338,9 +338,9 @@ def test_fused_optimizer_takes_the_same_steps_as_the_per_tensor_loop():
         assert torch.allclose(fused, loop, atol=1e-6)
 
 
-def test_the_teacher_heads_train_at_head_learning_rate_and_the_rest_at_learning_rate(tmp_path, recipe_file):
+def test_the_heads_train_at_head_learning_rate_and_the_rest_at_learning_rate(tmp_path, recipe_file):
     from distill.recipe import load_recipe
-    from distill.stage_inputs import teacher_hash_inputs
+    from distill.stage_inputs import student_hash_inputs, teacher_hash_inputs
 
     plain = load_recipe(recipe_file(lambda r: None))
     assert TrainSettings.from_recipe(plain, "teacher").head_learning_rate is None
@@ -348,8 +348,14 @@ def test_the_teacher_heads_train_at_head_learning_rate_and_the_rest_at_learning_
         "recipes without it keep their teacher stage hashes"
     recipe = load_recipe(recipe_file(lambda r: r["teacher"].update(head_learning_rate=1e-3)))
     assert TrainSettings.from_recipe(recipe, "teacher").head_learning_rate == 1e-3
-    assert TrainSettings.from_recipe(recipe, "student").head_learning_rate is None, "students start from its heads"
+    assert TrainSettings.from_recipe(recipe, "student").head_learning_rate is None, "the students' rate is theirs"
     assert teacher_hash_inputs(recipe, "base", [])["teacher"]["head_learning_rate"] == 1e-3
+    assert "head_learning_rate" not in student_hash_inputs(plain, plain.students[0], "cache")["distillation"], \
+        "recipes without it keep their student stage hashes"
+    students = load_recipe(recipe_file(lambda r: r["distillation"].update(head_learning_rate=2e-3)))
+    assert TrainSettings.from_recipe(students, "student").head_learning_rate == 2e-3
+    assert TrainSettings.from_recipe(students, "teacher").head_learning_rate is None
+    assert student_hash_inputs(students, students.students[0], "cache")["distillation"]["head_learning_rate"] == 2e-3
 
     # a tiny head rate leaves the heads nearly where they started while the embeddings move at 0.05
     torch.manual_seed(0)

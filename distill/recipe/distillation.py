@@ -108,6 +108,9 @@ class DistillationSpec(Strict):
     epochs: float = Field(default=3, gt=0)
     batch_size: int = Field(default=32, gt=0)
     learning_rate: float = Field(default=1e-4, gt=0)
+    head_learning_rate: float | None = Field(
+        default=None, gt=0, description="the task heads' rate (copied from the teacher's, they must learn to read "
+                                        "a much smaller encoder); null: learning_rate")
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
 
     @model_validator(mode="after")

@@ -41,9 +41,8 @@ class TrainSettings:
         engine = recipe.training
         if role == "student" and recipe.distillation.sampling is not None:
             engine = engine.model_copy(update={"sampling": recipe.distillation.sampling})
-        head_rate = recipe.teacher.head_learning_rate if role == "teacher" else None
         return cls(spec.epochs, spec.batch_size, spec.learning_rate, spec.warmup_ratio, recipe.training_seed,
-                   engine, key, head_rate)
+                   engine, key, spec.head_learning_rate)
 
     def fingerprint(self, num_processes: int, train: dict[str, EncodedSplit]) -> str:
         """What a checkpoint must match to be resumed (settings that only change logging are left out)."""
