@@ -65,11 +65,20 @@ def test_a_transfer_file_needs_only_the_text_column(tmp_path, tiny_base):
     assert "transfer" not in tasks["ner"].splits
 
 
-def test_transfer_without_a_file_or_limit_train_is_refused_in_one_line(tmp_path, tiny_base):
+def test_transfer_without_examples_is_refused_in_one_line_that_says_why(tmp_path, tiny_base):
     def edit(data):
         data["tasks"][0]["limit"] = {"transfer": 10}
     with pytest.raises(DistillInputError, match=r"tasks\.sentiment\.limit\.transfer: .* set limit\.train"):
         _tasks(tmp_path, tiny_base, edit)
+
+    def past_the_end(data):
+        data["tasks"][0]["limit"] = {"train": 10_000, "transfer": 10}
+    with pytest.raises(DistillInputError, match=r"tasks\.sentiment: the transfer split has no examples \(\d+ train "
+                                                r"examples, limit\.train 10000; lower limit\.train"):
+        _tasks(tmp_path / "p", tiny_base, past_the_end)
+    with pytest.raises(DistillInputError, match=r"tasks\.sentiment: the transfer split has no examples \(.*"
+                                                r"unlabelled\.csv has no text in 'text'; fill it or leave it out\)"):
+        _tasks(tmp_path / "e", tiny_base, _sentiment_transfer_file(tmp_path, "text\n\"\"\n \n"))
 
     def unknown(data):
         data["tasks"][0]["limit"] = {"unlabelled": 10}

@@ -341,9 +341,10 @@ def _transfer(spec: TaskSpec, given: Split | None, train: Split) -> Split | None
         pool = Split(train.texts[kept:], [None] * max(len(train.texts) - kept, 0), train.rows[kept:], train.origin)
     pool = _limit(pool, count)
     if not pool.texts:
-        raise DistillInputError(f"{where}: the transfer split has no examples ({len(train.texts)} train examples, "
-                                f"limit.train {(spec.limit or {}).get('train')}); lower limit.train or leave out "
-                                f"limit.transfer")
+        why = f"{given.origin} has no text in {spec.text_field!r}; fill it or leave it out" if given is not None \
+            else f"{len(train.texts)} train examples, limit.train {(spec.limit or {}).get('train')}; lower " \
+                 f"limit.train or leave out limit.transfer"
+        raise DistillInputError(f"{where}: the transfer split has no examples ({why})")
     return pool
 
 
