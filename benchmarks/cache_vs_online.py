@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from benchmarks.loss_recipes import scores
 from benchmarks.run_args import add_run_args, run_recipe_of, run_teacher_dir
-from distill.core.fileio import atomic_write_json, atomic_write_text, cache_dir, read_json
+from distill.core.fileio import atomic_write_json, atomic_write_text, cache_dir, cache_dir_set_to, read_json
 from distill.pipeline import prepare, run_recipe
 from distill.recipe import Recipe, parse_recipe
 
@@ -55,20 +52,6 @@ def fresh_cache_dir(directory: Path, shared: Path) -> Path:
         if (shared / name).is_dir():
             (directory / name).symlink_to((shared / name).resolve(), target_is_directory=True)
     return directory
-
-
-@contextmanager
-def cache_dir_set_to(directory: Path) -> Iterator[None]:
-    """$DISTILL_CACHE_DIR pointed at `directory` for the block, as it was afterwards."""
-    before = os.environ.get("DISTILL_CACHE_DIR")
-    os.environ["DISTILL_CACHE_DIR"] = str(directory)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("DISTILL_CACHE_DIR", None)
-        else:
-            os.environ["DISTILL_CACHE_DIR"] = before
 
 
 def first_epoch_seconds(logs: Path, student: str) -> float:

@@ -117,23 +117,15 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Path:
     """One whole tiny pipeline run (teacher, cache, students, export, bench), shared by several tests."""
-    import os
-
     from distill import load_recipe, run_recipe
+    from distill.core.fileio import cache_dir_set_to
 
     root = tmp_path_factory.mktemp("run")
-    old = os.environ.get("DISTILL_CACHE_DIR")
-    os.environ["DISTILL_CACHE_DIR"] = str(root / "cache")
-    try:
+    with cache_dir_set_to(root / "cache"):
         data = write_tiny_data(root / "data")
         path = root / "recipe.yaml"
         path.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_base, data)))
         run_recipe(load_recipe(path), root / "out")
-    finally:
-        if old is None:
-            os.environ.pop("DISTILL_CACHE_DIR", None)
-        else:
-            os.environ["DISTILL_CACHE_DIR"] = old
     return root
 
 

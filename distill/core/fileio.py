@@ -93,6 +93,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DISTILL_CACHE_DIR") or Path.home() / ".cache" / "distill").expanduser()
 
 
+@contextlib.contextmanager
+def cache_dir_set_to(directory: Path) -> Iterator[None]:
+    """The cache root (`cache_dir`) pointed at `directory` for the block, as it was afterwards."""
+    before = os.environ.get("DISTILL_CACHE_DIR")
+    os.environ["DISTILL_CACHE_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DISTILL_CACHE_DIR", None)
+        else:
+            os.environ["DISTILL_CACHE_DIR"] = before
+
+
 def check_name(name: str, what: str) -> str:
     """Refuse a name that could not be used safely as one directory level inside the output directory."""
     if not SAFE_NAME.match(name) or name in {".", ".."}:
