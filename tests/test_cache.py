@@ -174,6 +174,16 @@ def test_manifest_keeps_the_key_inputs_readable(setup):
     assert manifest["shards"] == built.shards and manifest["examples"] == built.examples == 400
 
 
+def test_the_key_sees_every_label_a_student_learns_from():
+    from teachers.cache.key import split_digest
+
+    ids = [np.array([2, 5, 7]), np.array([2, 9])]
+    digest = lambda labels: split_digest(EncodedSplit(ids, labels))["sha256"]  # noqa: E731
+    assert digest([0.25, 1.5]) != digest([0.75, 1.25]), "regression targets that differ in their fractions"
+    assert digest([1.0, 2.0]) == digest([1, 2]), "whole-number targets keep the keys they had"
+    assert digest([float("nan"), 1.0]) == digest([-100, 1]), "a missing transfer label hashes as an ignored one"
+
+
 def test_killed_build_resumes_to_identical_shards(setup, monkeypatch):
     teacher_dir, tasks, _, _ = setup
     whole = _build(teacher_dir, tasks)

@@ -35,7 +35,10 @@ def split_digest(split: EncodedSplit) -> dict:
         values = np.asarray(labels)
         if values.dtype.kind == "f":  # a transfer example's missing label (NaN) hashes like an ignored one
             values = np.where(np.isnan(values), IGNORE_INDEX, values)
-        digest.update(values.astype(np.int64).tobytes())
+            if not np.array_equal(values, np.round(values)):  # regression targets: their fractions count too
+                digest.update(b"f" + values.astype(np.float64).tobytes() + b";")
+                continue
+        digest.update(values.astype(np.int64).tobytes())  # class ids, multi-hot rows, whole-number targets
         digest.update(b";")
     return {"examples": len(split), "tokens": int(sum(len(ids) for ids in split.input_ids)),
             "sha256": digest.hexdigest()}
