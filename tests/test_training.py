@@ -254,6 +254,17 @@ def _autocast_seen(tmp_path, monkeypatch, native: bool, mixed_precision: str) ->
     return steps, evaluations, dtypes
 
 
+@pytest.mark.parametrize(("flags", "native"), [
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, True), ({"avx2", "amx_int8", "amx_bf16"}, True),
+    ({"asimd", "bf16"}, True), ({"avx2", "avx512f", "avx512_vnni"}, False), ({"asimd"}, False)])
+def test_native_bfloat16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
+    import distill.core.hardware as hardware
+
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: ("a CPU", flags))
+    assert hardware.native_bf16() is native
+    assert ("avx512_bf16" in hardware.hardware()["isa"]) is ("avx512_bf16" in flags), "the report lists it"
+
+
 def test_bf16_autocasts_the_training_steps_on_a_cpu_with_native_bfloat16(tmp_path, monkeypatch, caplog):
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")
