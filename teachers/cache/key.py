@@ -35,10 +35,10 @@ def split_digest(split: EncodedSplit) -> dict:
         values = np.asarray(labels)
         if values.dtype.kind == "f":  # a transfer example's missing label (NaN) hashes like an ignored one
             values = np.where(np.isnan(values), IGNORE_INDEX, values)
-            if not np.array_equal(values, np.round(values)):  # regression targets: their fractions count too
-                digest.update(b"f" + values.astype(np.float64).tobytes() + b";")
-                continue
-        digest.update(values.astype(np.int64).tobytes())  # class ids, multi-hot rows, whole-number targets
+        # class ids, multi-hot rows and whole-number targets as int64 (the keys they always had); regression
+        # targets with their fractions
+        whole = values.dtype.kind != "f" or np.array_equal(values, np.round(values))
+        digest.update(values.astype(np.int64).tobytes() if whole else b"f" + values.astype(np.float64).tobytes())
         digest.update(b";")
     return {"examples": len(split), "tokens": int(sum(len(ids) for ids in split.input_ids)),
             "sha256": digest.hexdigest()}
