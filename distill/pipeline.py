@@ -134,6 +134,7 @@ def check_inputs(recipe: Recipe, out_dir: Path | None = None) -> tuple[Any, list
     source = _teacher_source(recipe)
     tokenizer = load_tokenizer(source, recipe.teacher.trust_remote_code)
     _check_against_teacher_config(recipe, source)
+    _check_init_from(recipe, tokenizer)
     tasks = load_tasks(recipe)
     if recipe.teacher.per_task:
         from teachers.per_task import check_per_task
@@ -169,6 +170,17 @@ def _check_against_teacher_config(recipe: Recipe, source: Path | str) -> None:
     if positions is not None and recipe.max_length > positions:
         raise DistillInputError(f"max_length: {recipe.max_length} tokens, but the teacher {source} has "
                                 f"{positions} positions; set max_length to {positions} or less")
+
+
+def _check_init_from(recipe: Recipe, tokenizer: Any) -> None:
+    """Every student started from another pretrained encoder: that encoder exists, is deep and long enough, and
+    reads the teacher's word pieces."""
+    if any(spec.init_from for spec in recipe.students):
+        from students.pretrained import check_init_from
+
+        for spec in recipe.students:
+            if spec.init_from:
+                check_init_from(recipe, spec, tokenizer)
 
 
 def stage_teacher(state: RunState) -> None:

@@ -60,11 +60,11 @@ def _labelled_data(tasks: list[TaskData]) -> str:
 
 
 def _student_settings(spec: StudentSpec) -> dict:
-    """`vocab_dropped` only counts for a vocabulary-pruned student and `embedding_bits` only when set, and LoRA's
-    default target modules are written as BERT's list they were (so adding those options did not change the hash,
-    and retrain, other students)."""
-    excluded = ({"vocab_dropped"} if spec.vocab is None else set()) | (
-        {"embedding_bits"} if spec.embedding_bits is None else set())
+    """`vocab_dropped` only counts for a vocabulary-pruned student, `embedding_bits` and `init_from` only when set,
+    and LoRA's default target modules are written as BERT's list they were (so adding those options did not change
+    the hash, and retrain, other students)."""
+    excluded = ({"vocab_dropped"} if spec.vocab is None else set()) | {
+        name for name in ("embedding_bits", "init_from") if getattr(spec, name) is None}
     settings = spec.model_dump(exclude=excluded)
     if settings.get("lora") and settings["lora"]["target_modules"] is None:  # the default before families had one
         settings["lora"]["target_modules"] = ["query", "key", "value", "dense"]

@@ -33,6 +33,7 @@ from students.importance import Importance, score_importance
 from students.layers import keep_layers, pick_layers, save_layer_map
 from students.lora import add_lora, merged_encoder
 from students.modules import plain_modules
+from students.pretrained import pretrained_student
 from students.pruning import IterativePruning, apply_masks, prune_ffn, prune_heads
 from students.qat import QatSettings, qat_hook, snap_word_embeddings
 from students.teacher_stats import TeacherStats
@@ -114,6 +115,8 @@ def check_student_shape(spec: StudentSpec, config: Any) -> None:
     """Refuse, before any work, a student the teacher (its `config`) cannot give: more layers, heads or FFN
     neurons than it has, or a hidden size that is not below its own and a multiple of its attention head size."""
     where = f"students.{spec.name}"
+    if spec.init_from is not None:  # its layers are the init_from encoder's (students.pretrained checks them)
+        return
     pick_layers(spec.layers, config_value(config, "layers"), spec.layer_strategy, f"{where}.layers")
     for key, size, what in (("heads", spec.heads, "{} attention heads per layer"), ("ffn", spec.ffn, "FFN width {}")):
         have = config_value(config, key, default=0)
@@ -128,14 +131,17 @@ def check_student_shape(spec: StudentSpec, config: Any) -> None:
 
 def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teacher_dir: Path,
                   tokenizer: Any) -> StudentBuild:
-    """The student `spec` describes, initialised from the teacher in `teacher_dir`."""
+    """The student `spec` describes, initialised from the teacher in `teacher_dir` (or from `spec.init_from`, the
+    teacher giving its tasks and vocabulary)."""
     where = f"students.{spec.name}"
     pad_id = int(tokenizer.pad_token_id or 0)
     teacher = MultiTaskModel.load(teacher_dir, recipe.teacher.trust_remote_code)
     check_student_shape(spec, teacher.encoder.config)
-    if spec.prunes or spec.hidden_size is not None or (spec.lora is not None and spec.lora.target_modules is None):
+    if spec.prunes or spec.hidden_size is not None or (spec.lora is not None and spec.lora.target_modules is None
+                                                        and spec.init_from is None):
         anatomy(teacher.encoder, where)  # what takes the encoder apart needs to know its family
-    keep = pick_layers(spec.layers, teacher.num_layers, spec.layer_strategy, f"{where}.layers")
+    from_teacher = spec.init_from is None
+    keep = pick_layers(spec.layers, teacher.num_layers, spec.layer_strategy, f"{where}.layers") if from_teacher else []
     details: dict[str, Any] = {"layer_strategy": spec.layer_strategy if isinstance(spec.layers, int) else None}
     random_init = spec.hidden_size is not None and spec.hidden_init == "random"
     iterative = spec.prunes and spec.pruning.schedule == "iterative"
@@ -152,7 +158,11 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
         vocab = choose_vocab(spec.vocab, tasks, tokenizer, table.shape[0], f"{where}.vocab",
                              table.detach() if spec.vocab_dropped == "nearest" else None)
         details["vocab"] = _vocab_details(spec, teacher, tasks, tokenizer, vocab, pad_id, stats)
-    student = _random_student(teacher, keep, spec, vocab) if random_init else keep_layers(teacher, keep)
+    if not from_teacher:
+        student, _, pretrained = pretrained_student(recipe, spec, teacher, tokenizer)
+        details.update(pretrained)
+    else:
+        student = _random_student(teacher, keep, spec, vocab) if random_init else keep_layers(teacher, keep)
     del teacher
     if vocab is not None and not random_init:
         prune_embeddings(student, vocab)

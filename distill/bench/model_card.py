@@ -100,7 +100,9 @@ def _summary(artifact: str, chosen: dict[str, Any], base_model: str | None) -> s
 def _structure(report: dict[str, Any], artifact: str, teacher: dict[str, Any]) -> list[str]:
     built = next((m.get("student") for m in report["models"] if m["name"] == artifact and m.get("student")), None)
     teacher_params = (reference_teacher(report["models"]) or {}).get("params")
-    rows = [("layers", teacher.get("layers"), len(built["teacher_layers"]) if built else None),
+    init = (built or {}).get("init_from")
+    kept_layers = init["layers"] if init else (built or {}).get("teacher_layers", [])
+    rows = [("layers", teacher.get("layers"), len(kept_layers) if built else None),
             ("hidden size", teacher.get("hidden"), built.get("hidden_size") if built else None),
             ("attention heads", teacher.get("heads"), built.get("attention_heads") if built else None),
             ("FFN width", teacher.get("ffn"), built.get("ffn") if built else None),
@@ -110,7 +112,9 @@ def _structure(report: dict[str, Any], artifact: str, teacher: dict[str, Any]) -
     if built is None:
         lines += ["| | teacher |", "|---|---|", *[f"| {k} | {_cell(t)} |" for k, t, _ in rows]]
     else:
-        lines += [f"Teacher layers kept: {', '.join(str(i) for i in built['teacher_layers'])}"
+        origin = (f"Initialised from {init['model']} (not the teacher), its layers" if init
+                  else "Teacher layers kept:")
+        lines += [f"{origin} {', '.join(str(i) for i in kept_layers)}"
                   + (f"; word embeddings trained at {built['embedding_bits']} bits"
                      if built.get("embedding_bits") else "")
                   + (f"; QAT in the last {built['qat']['epochs']} epoch(s)" if built.get("qat") else "") + ".", "",

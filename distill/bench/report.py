@@ -62,7 +62,7 @@ def student_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         fp32 = _fp32_of(report, m["name"])
         lora = built.get("lora")
         rows.append([
-            m["name"], m["format"], ",".join(str(i) for i in built.get("teacher_layers", [])),
+            m["name"], m["format"], _layers_kept(built),
             str(built.get("attention_heads", "-")), str(built.get("ffn", "-")), str(built.get("hidden_size", "-")),
             str(built.get("vocab_size", "-")),
             f"{vocab['coverage']['test']:.3f}" if vocab else "-",
@@ -271,3 +271,10 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> None:
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     plot_pareto(report, out_dir / PLOT_FILE)
     atomic_write_text(out_dir / "report.html", render_html(report, (out_dir / PLOT_FILE).read_bytes()))
+
+
+def _layers_kept(built: dict[str, Any]) -> str:
+    """The teacher layers a student kept, or (`init: ...`) the layers of the encoder it was initialised from."""
+    init = built.get("init_from")
+    layers = ",".join(str(i) for i in (init["layers"] if init else built.get("teacher_layers", [])))
+    return f"init: {layers}" if init else layers

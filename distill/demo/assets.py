@@ -133,10 +133,10 @@ def _move_into_place(source: Path, target: Path) -> None:
         shutil.rmtree(source, ignore_errors=True)
 
 
-def demo_model_path(name: str) -> Path:
-    """Local directory of a demo base model named `demo:...`."""
+def demo_model_path(name: str, key: str = "teacher.base_model") -> Path:
+    """Local directory of a demo base model named `demo:...` (the recipe's `key`, for the error)."""
     if name not in DEMO_MODELS:
-        raise DistillInputError(f"teacher.base_model: unknown demo model {name!r}; known: {sorted(DEMO_MODELS)}")
+        raise DistillInputError(f"{key}: unknown demo model {name!r}; known: {sorted(DEMO_MODELS)}")
     model = DEMO_MODELS[name]
     if isinstance(model, SplitModel):
         return split_model_dir(model)

@@ -58,8 +58,12 @@ def needed_teacher_layers(config: DistillationSpec, students: list[StudentSpec],
     hidden: set[int] = set()
     qkv: set[int] = set()
     for spec in students:
-        keep = pick_layers(spec.layers, teacher_layers, spec.layer_strategy)
-        mapped = [t for _, t in layer_pairs(config.layer_map, len(keep), teacher_layers, keep)]
+        if spec.init_from is None:
+            keep = pick_layers(spec.layers, teacher_layers, spec.layer_strategy)
+            mapped = [t for _, t in layer_pairs(config.layer_map, len(keep), teacher_layers, keep)]
+        else:  # layers of another encoder: the uniform map
+            count = len(spec.layers) if isinstance(spec.layers, list) else spec.layers
+            mapped = [t for _, t in layer_pairs(config.layer_map, count, teacher_layers)]
         for stage in config.stage_plan():
             if stage.losses.needs_hidden:
                 hidden.update(mapped)

@@ -83,6 +83,11 @@ class StudentSpec(Strict):
     qat_epochs: int = Field(default=0, ge=0, description="fake-quantize int8 during the last N epochs")
     qat_activations: bool = Field(default=False, description="QAT also fake-quantizes Linear inputs (uint8)")
     lora: LoraSpec | None = Field(default=None, description="train LoRA adapters, merged before saving")
+    init_from: str | None = Field(
+        default=None, description="start from this pretrained, smaller encoder (path, hub id or demo:all-MiniLM-L6-v2; "
+                                  "its tokenizer of the teacher's kind) instead of the teacher's layers: `layers` "
+                                  "picks among its layers, its word embeddings are mapped onto the teacher's "
+                                  "vocabulary, and the task heads start new")
 
     @field_validator("layers")
     @classmethod
@@ -111,6 +116,9 @@ class StudentSpec(Strict):
         if self.lora is not None and self.prunes and self.pruning.schedule == "iterative":
             raise ValueError("lora and pruning.schedule: iterative do not combine (the adapters wrap the masked "
                              "layers); prune one_shot")
+        if self.init_from is not None and (self.prunes or self.hidden_size is not None):
+            raise ValueError("init_from takes the pretrained encoder's own width: heads, ffn and hidden_size cut "
+                             "the teacher's layers by its importance scores; leave them out (or init_from)")
         if self.pruning.schedule == "iterative" and not self.prunes:
             raise ValueError("pruning.schedule iterative needs heads or ffn to prune")
         if self.hidden_init == "random" and self.hidden_size is not None and (self.heads or self.ffn):
