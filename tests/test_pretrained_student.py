@@ -155,3 +155,12 @@ def test_init_from_refuses_what_needs_the_teachers_importance_scores():
         from distill.demo.assets import demo_model_path
 
         demo_model_path("demo:nothing", "students.p.init_from")
+
+
+def test_the_base_demo_sweeps_minilm_students_beside_a_narrowed_teacher_copy():
+    from distill.demo.recipes import demo_recipe
+
+    students = demo_recipe(base=True).students
+    started = [s for s in students if s.init_from == "demo:all-MiniLM-L6-v2"]
+    assert len(students) >= 4 and len(started) >= 3 and any(s.init_from is None for s in students)
+    assert all(s.embedding_bits == 4 for s in students)
