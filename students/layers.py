@@ -16,16 +16,17 @@ STUDENT_FILE = "student.json"
 
 
 def pick_layers(spec: int | list[int], teacher_layers: int, strategy: str = "uniform",
-                where: str = "students.layers") -> list[int]:
+                where: str = "students.layers", owner: str = "the teacher's") -> list[int]:
     """Teacher layer indices to keep: explicit, or `spec` of them chosen by `strategy`.
 
-    uniform: spread evenly, ending at the last layer; top: the last `spec` layers; bottom: the first `spec`."""
+    uniform: spread evenly, ending at the last layer; top: the last `spec` layers; bottom: the first `spec`.
+    `owner` names whose layers they are in an error (another encoder's, for a student started from one)."""
     if isinstance(spec, list):
         if max(spec) >= teacher_layers:
-            raise DistillInputError(f"{where}: {spec} names a layer beyond the teacher's {teacher_layers}")
+            raise DistillInputError(f"{where}: {spec} names a layer beyond {owner} {teacher_layers}")
         return sorted(spec)
     if spec > teacher_layers:
-        raise DistillInputError(f"{where}: {spec} is more than the teacher's {teacher_layers} layers")
+        raise DistillInputError(f"{where}: {spec} is more than {owner} {teacher_layers} layers")
     if strategy == "top":
         return list(range(teacher_layers - spec, teacher_layers))
     if strategy == "bottom":

@@ -8,7 +8,8 @@ teacher's token ids (the cache and the task data are the teacher's tokenisation)
 is rebuilt in the teacher's vocabulary: each teacher piece takes the row of the same piece in the encoder's
 vocabulary, a special token the row of the encoder's token of the same role ([CLS] for <s>, ...), and a
 piece the encoder lacks its unknown-token row. That needs tokenizers of one kind (both word-piece, say):
-`check_init_from` refuses an encoder that shares too little of the teacher's vocabulary.
+`check_init_from` refuses an encoder that shares too little of the teacher's vocabulary, or that counts
+positions from a padding id other than the teacher's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from transformers import AutoModel
 from distill.core.errors import DistillInputError
 from distill.core.tokenizer import load_tokenizer
 from distill.demo.assets import demo_model_path
-from distill.model.encoder import config_value, usable_positions
+from distill.model.encoder import POSITION_OFFSET_TYPES, config_value, usable_positions
 from distill.model.multitask import MultiTaskModel
 from distill.recipe import Recipe, StudentSpec
 from students.layers import keep_layers, pick_layers
@@ -59,7 +60,8 @@ def init_source(recipe: Recipe, spec: StudentSpec) -> str:
 
 def check_init_from(recipe: Recipe, spec: StudentSpec, teacher_tokenizer: Any) -> VocabularyTransfer:
     """Refuse, before any work, an `init_from` encoder that is missing, has fewer layers than the student keeps,
-    fewer positions than `max_length`, or shares under MIN_SHARED_VOCAB of the teacher's vocabulary."""
+    counts positions from another padding id than the teacher's, has fewer positions than `max_length`, or shares
+    under MIN_SHARED_VOCAB of the teacher's vocabulary."""
     from transformers import AutoConfig
 
     where = f"students.{spec.name}.init_from"
@@ -71,12 +73,18 @@ def check_init_from(recipe: Recipe, spec: StudentSpec, teacher_tokenizer: Any) -
     except (OSError, ValueError) as exc:
         raise DistillInputError(f"{where}: {source} is not a model directory with a config.json and a tokenizer: "
                                 f"{exc}".replace("\n", " ")) from exc
-    pick_layers(spec.layers, config_value(config, "layers"), spec.layer_strategy, f"students.{spec.name}.layers")
+    pick_layers(spec.layers, config_value(config, "layers"), spec.layer_strategy, f"students.{spec.name}.layers",
+                f"{spec.init_from}'s")
+    theirs, ours = getattr(config, "pad_token_id", None), teacher_tokenizer.pad_token_id
+    if getattr(config, "model_type", "") in POSITION_OFFSET_TYPES and theirs != ours:
+        raise DistillInputError(f"{where}: {source} counts positions from its padding id {theirs}, the teacher pads "
+                                f"with id {ours}: the student would read shifted positions; pick an encoder that "
+                                "pads like the teacher")
     positions = usable_positions(config)
     if positions is not None and recipe.max_length > positions:
         raise DistillInputError(f"{where}: {source} has {positions} positions, fewer than max_length "
                                 f"{recipe.max_length}")
-    transfer = vocabulary_transfer(teacher_tokenizer, tokenizer, len(teacher_tokenizer))
+    transfer = vocabulary_transfer(teacher_tokenizer, tokenizer, len(teacher_tokenizer), int(config.vocab_size))
     if transfer.shared < MIN_SHARED_VOCAB:
         raise DistillInputError(
             f"{where}: {source} knows {transfer.shared:.0%} of the teacher's word pieces (needs "
@@ -85,11 +93,14 @@ def check_init_from(recipe: Recipe, spec: StudentSpec, teacher_tokenizer: Any) -
     return transfer
 
 
-def vocabulary_transfer(teacher_tokenizer: Any, tokenizer: Any, size: int) -> VocabularyTransfer:
+def vocabulary_transfer(teacher_tokenizer: Any, tokenizer: Any, size: int,
+                        their_size: int | None = None) -> VocabularyTransfer:
     """Where each of the `size` teacher ids (the teacher's embedding rows) finds its starting row: the same string
-    in `tokenizer`'s vocabulary, the token of the same special role, or the unknown token."""
-    theirs = tokenizer.get_vocab()
-    unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
+    in `tokenizer`'s vocabulary, the token of the same special role, or the unknown token. `their_size`: the
+    encoder's embedding rows (a tokenizer may know more ids than its model has rows; those are missing)."""
+    limit = their_size if their_size is not None else len(tokenizer)
+    theirs = {piece: index for piece, index in tokenizer.get_vocab().items() if index < limit}
+    unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None and tokenizer.unk_token_id < limit else 0
     ours = {piece: index for piece, index in teacher_tokenizer.get_vocab().items() if index < size}
     rows = np.full(size, unk, dtype=np.int64)
     found = np.zeros(size, dtype=bool)
@@ -114,7 +125,7 @@ def pretrained_student(recipe: Recipe, spec: StudentSpec, teacher: MultiTaskMode
     trust = recipe.teacher.trust_remote_code
     encoder = AutoModel.from_pretrained(source, trust_remote_code=trust)
     transfer = vocabulary_transfer(teacher_tokenizer, load_tokenizer(source, trust),
-                                   int(teacher.encoder.config.vocab_size))
+                                   int(teacher.encoder.config.vocab_size), int(encoder.config.vocab_size))
     keep = pick_layers(spec.layers, config_value(encoder.config, "layers"), spec.layer_strategy)
     _read_teacher_ids(encoder, transfer, teacher.encoder.config, teacher_tokenizer)
     student = keep_layers(MultiTaskModel(encoder, list(teacher.tasks.values())), keep)

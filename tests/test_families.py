@@ -157,13 +157,17 @@ def test_the_attention_loss_is_refused_where_qk_softmax_is_not_the_attention(mod
     from distill.recipe import LossWeights, StageSpec
 
     stages = [StageSpec(name="s", losses=LossWeights(kd_kl=1.0, attention=1.0))]
-    config = tiny_config(model_type)
+    config, bert = tiny_config(model_type), tiny_config("bert")
     if model_type in ("mpnet", "deberta-v2", "modernbert"):
-        with pytest.raises(DistillInputError, match=r"distillation\.losses\.attention: .* use relations"):
-            _check_attention_loss(stages, config)
+        with pytest.raises(DistillInputError, match=r"distillation\.losses\.attention: .* teacher adds .* relations"):
+            _check_attention_loss(stages, config, bert)
+        # a student started from another encoder (init_from) can be of such a family under a BERT teacher
+        with pytest.raises(DistillInputError, match=r"distillation\.losses\.attention: .* student adds .* relations"):
+            _check_attention_loss(stages, bert, config)
     else:
-        _check_attention_loss(stages, config)
-    _check_attention_loss([StageSpec(name="s", losses=LossWeights(kd_kl=1.0, relations=1.0))], config)
+        _check_attention_loss(stages, config, bert)
+        _check_attention_loss(stages, bert, config)
+    _check_attention_loss([StageSpec(name="s", losses=LossWeights(kd_kl=1.0, relations=1.0))], config, config)
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

@@ -27,11 +27,11 @@ WORDS = sorted(set(POSITIVE + NEGATIVE + FILLER + NAMES))
 MISSING = "rome"  # a teacher piece the small encoder does not know
 
 
-def mpnet_base(directory: Path) -> Path:
-    """A tiny MPNet with MPNet's kind of vocabulary: <s> <pad> </s> <unk> first, BERT's specials as plain pieces,
-    <mask> last."""
+def mpnet_base(directory: Path, first: tuple[str, ...] = ("<s>", "<pad>", "</s>", "<unk>")) -> Path:
+    """A tiny MPNet with MPNet's kind of vocabulary: <s> <pad> </s> <unk> first (in the order `first`), BERT's
+    specials as plain pieces, <mask> last."""
     directory.mkdir(parents=True)
-    vocab = ["<s>", "<pad>", "</s>", "<unk>", *SPECIALS, *WORDS, "##s", "##ing", "<mask>"]
+    vocab = [*first, *SPECIALS, *WORDS, "##s", "##ing", "<mask>"]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = MPNetTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
     tokenizer.save_pretrained(directory)
@@ -128,7 +128,9 @@ def test_the_student_reads_teacher_ids_through_the_small_encoders_rows(tiny_teac
 
 
 @pytest.mark.parametrize(("student", "message"), [
-    ({"layers": 4}, r"students\.p\.layers: 4 is more than the teacher's 3 layers"),
+    ({"layers": 4}, r"students\.p\.layers: 4 is more than .*small's 3 layers"),
+    ({"layers": 1, "init_from": "pad0"}, r"students\.p\.init_from: .* counts positions from its padding id 0, the "
+                                         r"teacher pads with id 1"),
     ({"layers": 1, "ffn": 8}, r"students\.0: .*init_from takes the pretrained encoder's own width"),
     ({"layers": 1, "init_from": "bpe"}, r"students\.p\.init_from: .* knows \d+% of the teacher's word pieces"),
     ({"layers": 1, "init_from": "nowhere/at/all"}, r"students\.p\.init_from: 'nowhere/at/all' at .* not found"),
@@ -137,10 +139,11 @@ def test_a_wrong_init_from_is_one_line_before_anything_is_written(student, messa
     from distill.cli import main
 
     small = small_bert(tmp_path / "small")
-    bpe = family_base("roberta", tmp_path / "bpe")
+    others = {"bpe": lambda: family_base("roberta", tmp_path / "bpe"),
+              "pad0": lambda: mpnet_base(tmp_path / "pad0", ("<pad>", "<s>", "</s>", "<unk>"))}
     spec = {"name": "p", "init_from": str(small), **student}
-    if spec["init_from"] == "bpe":
-        spec["init_from"] = str(bpe)
+    if spec["init_from"] in others:
+        spec["init_from"] = str(others[spec["init_from"]]())
     path = _recipe(tmp_path, [spec], n=20)
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
@@ -151,6 +154,8 @@ def test_a_wrong_init_from_is_one_line_before_anything_is_written(student, messa
 def test_init_from_refuses_what_needs_the_teachers_importance_scores():
     with pytest.raises(ValueError, match="init_from takes the pretrained encoder's own width"):
         StudentSpec(name="p", layers=2, init_from="x", hidden_size=16)
+    with pytest.raises(ValueError, match="at least 1 character"):
+        StudentSpec(name="p", layers=2, init_from="")
     with pytest.raises(DistillInputError, match=r"students\.p\.init_from: unknown demo model"):
         from distill.demo.assets import demo_model_path
 

@@ -69,7 +69,7 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
     they are done from being saved, and saves the plain model (vocabulary, adapters merged)."""
     config = recipe.distillation
     stages = config.stage_plan()
-    _check_attention_loss(stages, teacher_config)
+    _check_attention_loss(stages, teacher_config, student.encoder.config)
     pairs = layer_pairs(config.layer_map, student.num_layers, config_value(teacher_config, "layers"), copied_from)
     projected = {s for s, _ in pairs} if any(s.losses.needs_hidden for s in stages) else set()
     projected |= {0} if any(s.losses.embedding > 0 for s in stages) else set()
@@ -138,15 +138,20 @@ def distil(student: MultiTaskModel, teacher_config: PretrainedConfig, recipe: Re
     return _combine(summaries)
 
 
-def _check_attention_loss(stages: list[StageSpec], teacher_config: PretrainedConfig) -> None:
+def _check_attention_loss(stages: list[StageSpec], teacher_config: PretrainedConfig,
+                          student_config: PretrainedConfig) -> None:
     """The attention loss recomputes softmax(QKᵀ/√d) from the projections: refused where that is not the
-    family's attention (relative-position scores or rotary embeddings come on top)."""
-    family = find_anatomy(teacher_config)
-    if family is not None and not family.attention_from_qk and any(s.losses.attention > 0 for s in stages):
-        raise DistillInputError(
-            f"distillation.losses.attention: a {family.family} teacher adds relative-position or rotary terms to "
-            "softmax(QKᵀ/√d), which the attention loss cannot recompute from the query and key; use relations "
-            "(query/key/value relations) instead")
+    family's attention (relative-position scores or rotary embeddings come on top), the teacher's or, for a
+    student started from another encoder, the student's."""
+    if not any(s.losses.attention > 0 for s in stages):
+        return
+    for role, config in (("teacher", teacher_config), ("student", student_config)):
+        family = find_anatomy(config)
+        if family is not None and not family.attention_from_qk:
+            raise DistillInputError(
+                f"distillation.losses.attention: a {family.family} {role} adds relative-position or rotary terms "
+                "to softmax(QKᵀ/√d), which the attention loss cannot recompute from the query and key; use "
+                "relations (query/key/value relations) instead")
 
 
 def _resume_stage(checkpoint_dirs: list[Path | None]) -> int:

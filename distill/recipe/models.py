@@ -84,10 +84,10 @@ class StudentSpec(Strict):
     qat_activations: bool = Field(default=False, description="QAT also fake-quantizes Linear inputs (uint8)")
     lora: LoraSpec | None = Field(default=None, description="train LoRA adapters, merged before saving")
     init_from: str | None = Field(
-        default=None, description="start from this pretrained, smaller encoder (path, hub id or demo:all-MiniLM-L6-v2; "
-                                  "its tokenizer of the teacher's kind) instead of the teacher's layers: `layers` "
-                                  "picks among its layers, its word embeddings are mapped onto the teacher's "
-                                  "vocabulary, and the task heads start new")
+        default=None, min_length=1,
+        description="start from this pretrained, smaller encoder (path, hub id or demo:all-MiniLM-L6-v2; its "
+                    "tokenizer of the teacher's kind) instead of the teacher's layers: `layers` picks among its "
+                    "layers, its word embeddings are mapped onto the teacher's vocabulary, the task heads start new")
 
     @field_validator("layers")
     @classmethod
