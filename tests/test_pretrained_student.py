@@ -169,3 +169,12 @@ def test_the_base_demo_sweeps_minilm_students_beside_a_narrowed_teacher_copy():
     started = [s for s in students if s.init_from == "demo:all-MiniLM-L6-v2"]
     assert len(students) >= 4 and len(started) >= 3 and any(s.init_from is None for s in students)
     assert all(s.embedding_bits == 4 for s in students)
+
+
+def test_the_model_card_names_a_demo_encoder_by_its_hub_id():
+    from distill.bench.model_card import _structure
+
+    built = {"init_from": {"model": "demo:all-MiniLM-L6-v2", "layers": [1, 3, 5]}, "hidden_size": 384}
+    lines = _structure({"models": [{"name": "p3", "role": "student", "student": built}]}, "p3", {"layers": 12})
+    assert "Initialised from sentence-transformers/all-MiniLM-L6-v2 (not the teacher), its layers 1, 3, 5." in lines
+    assert "| layers | 12 | 3 |" in lines

@@ -11,6 +11,7 @@ import yaml
 from distill.bench.report import reference_teacher
 from distill.core.fileio import atomic_write_text
 from distill.core.manifest import fallback_node_count, read_manifest, read_tasks
+from distill.demo.assets import DEMO_HUB_IDS
 from distill.runtime import MODEL_FILES, model_files
 
 CARD_FILE = "README.md"
@@ -112,8 +113,8 @@ def _structure(report: dict[str, Any], artifact: str, teacher: dict[str, Any]) -
     if built is None:
         lines += ["| | teacher |", "|---|---|", *[f"| {k} | {_cell(t)} |" for k, t, _ in rows]]
     else:
-        origin = (f"Initialised from {init['model']} (not the teacher), its layers" if init
-                  else "Teacher layers kept:")
+        origin = (f"Initialised from {DEMO_HUB_IDS.get(init['model'], init['model'])} (not the teacher), its layers"
+                  if init else "Teacher layers kept:")
         lines += [f"{origin} {', '.join(str(i) for i in kept_layers)}"
                   + (f"; word embeddings trained at {built['embedding_bits']} bits"
                      if built.get("embedding_bits") else "")
