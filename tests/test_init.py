@@ -54,6 +54,7 @@ def test_init_writes_a_commented_recipe_that_distill_run_completes(tmp_path, tin
     assert written["tasks"][0]["source"] == {"files": "../data/sentiment.csv"}
     assert written["max_length"] == 64  # the tiny teacher has 64 positions
     assert [s["name"] for s in written["students"]] == ["l2", "l1-f32", "l1-f32-e4"]
+    assert "init_from" not in text  # a small teacher: no started-student hint
     load_recipe(recipe)
 
     # only the benchmark is made shorter, to keep the test fast
@@ -95,6 +96,8 @@ def test_a_hub_id_that_cannot_be_read_sizes_students_for_bert_base(tmp_path, mon
     recipe = load_recipe(out)
     assert recipe.teacher.base_model == "someone/some-model"
     assert [s.name for s in recipe.students] == ["l6", "l4-f1536", "l4-f1536-e4", "l3-v12k"]
+    # a base-size teacher: the sweep suggests, commented, a student started from a smaller pretrained encoder
+    assert "  # - {name: p3, layers: 3, init_from: sentence-transformers/all-MiniLM-L6-v2}" in out.read_text()
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:

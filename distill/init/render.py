@@ -12,7 +12,7 @@ import yaml
 from distill.init.data_guess import TaskGuess
 from distill.init.student_plan import StudentPlan, _layers
 from distill.init.teacher_choice import TeacherChoice, _relative
-from distill.model.encoder import config_sizes, usable_positions
+from distill.model.encoder import config_sizes, config_value, usable_positions
 
 MAX_LENGTH = 128
 
@@ -65,12 +65,24 @@ def _shape(config: Any) -> str:
             f"{size['vocab']:,} word pieces")
 
 
+# a teacher this wide is base-size: a smaller pretrained start (init_from) is worth a line in the sweep
+BASE_HIDDEN = 768
+STARTED_STUDENT_HINT = [
+    "  # A base-size teacher's layers keep little of its pretraining once narrowed: a student started from a",
+    "  # smaller pretrained encoder whose tokenizer is of the teacher's kind often keeps more (docs/students.md,",
+    "  # step 8; `distill check` says whether the tokenizers match), e.g. for BERT-uncased word pieces:",
+    "  # - {name: p3, layers: 3, init_from: sentence-transformers/all-MiniLM-L6-v2}",
+]
+
+
 def _student_lines(students: list[StudentPlan], teacher: TeacherChoice) -> list[tuple[str, str]]:
     assumed = "assumed " if not teacher.readable else ""
     lines = [("students:", f"a sweep sized from the teacher ({assumed}{_shape(teacher.config)})")]
     for plan in students:
         lines.append((f"  - name: {_flow(plan.name)}", plan.note))
         lines += [(f"    {key}: {_flow(value)}", "") for key, value in plan.spec.items()]
+    if config_value(teacher.config, "hidden", default=0) >= BASE_HIDDEN:
+        lines += [(text, "") for text in STARTED_STUDENT_HINT]
     return lines
 
 
