@@ -159,7 +159,7 @@ def build_student(recipe: Recipe, spec: StudentSpec, tasks: list[TaskData], teac
                              table.detach() if spec.vocab_dropped == "nearest" else None)
         details["vocab"] = _vocab_details(spec, teacher, tasks, tokenizer, vocab, pad_id, stats)
     if not from_teacher:
-        student, _, pretrained = pretrained_student(recipe, spec, teacher, tokenizer)
+        student, pretrained = pretrained_student(recipe, spec, teacher, tokenizer)
         details.update(pretrained)
     else:
         student = _random_student(teacher, keep, spec, vocab) if random_init else keep_layers(teacher, keep)

@@ -58,10 +58,12 @@ def init_source(recipe: Recipe, spec: StudentSpec) -> str:
     return recipe.resolve(spec.init_from, f"students.{spec.name}.init_from")
 
 
-def check_init_from(recipe: Recipe, spec: StudentSpec, teacher_tokenizer: Any) -> VocabularyTransfer:
+def check_init_from(recipe: Recipe, spec: StudentSpec, teacher_tokenizer: Any,
+                    teacher_size: int | None = None) -> VocabularyTransfer:
     """Refuse, before any work, an `init_from` encoder that is missing, has fewer layers than the student keeps,
     counts positions from another padding id than the teacher's, has fewer positions than `max_length`, or shares
-    under MIN_SHARED_VOCAB of the teacher's vocabulary."""
+    under MIN_SHARED_VOCAB of the teacher's vocabulary. Returns where each of the teacher's `teacher_size`
+    embedding rows (default: its tokenizer's length) starts."""
     from transformers import AutoConfig
 
     where = f"students.{spec.name}.init_from"
@@ -84,7 +86,8 @@ def check_init_from(recipe: Recipe, spec: StudentSpec, teacher_tokenizer: Any) -
     if positions is not None and recipe.max_length > positions:
         raise DistillInputError(f"{where}: {source} has {positions} positions, fewer than max_length "
                                 f"{recipe.max_length}")
-    transfer = vocabulary_transfer(teacher_tokenizer, tokenizer, len(teacher_tokenizer), int(config.vocab_size))
+    transfer = vocabulary_transfer(teacher_tokenizer, tokenizer, teacher_size or len(teacher_tokenizer),
+                                   int(config.vocab_size))
     if transfer.shared < MIN_SHARED_VOCAB:
         raise DistillInputError(
             f"{where}: {source} knows {transfer.shared:.0%} of the teacher's word pieces (needs "
@@ -117,21 +120,18 @@ def vocabulary_transfer(teacher_tokenizer: Any, tokenizer: Any, size: int,
 
 
 def pretrained_student(recipe: Recipe, spec: StudentSpec, teacher: MultiTaskModel,
-                       teacher_tokenizer: Any) -> tuple[MultiTaskModel, list[int], dict[str, Any]]:
+                       teacher_tokenizer: Any) -> tuple[MultiTaskModel, dict[str, Any]]:
     """The student `spec` describes, from its `init_from` encoder: the kept layers, the word embeddings in the
-    teacher's vocabulary, and new task heads at its width. Returns it, the encoder layers kept, and details."""
-    check_init_from(recipe, spec, teacher_tokenizer)
+    teacher's vocabulary, and new task heads at its width. Returns it and its details for student.json."""
+    transfer = check_init_from(recipe, spec, teacher_tokenizer, int(teacher.encoder.config.vocab_size))
     source = init_source(recipe, spec)
-    trust = recipe.teacher.trust_remote_code
-    encoder = AutoModel.from_pretrained(source, trust_remote_code=trust)
-    transfer = vocabulary_transfer(teacher_tokenizer, load_tokenizer(source, trust),
-                                   int(teacher.encoder.config.vocab_size), int(encoder.config.vocab_size))
+    encoder = AutoModel.from_pretrained(source, trust_remote_code=recipe.teacher.trust_remote_code)
     keep = pick_layers(spec.layers, config_value(encoder.config, "layers"), spec.layer_strategy)
     _read_teacher_ids(encoder, transfer, teacher.encoder.config, teacher_tokenizer)
     student = keep_layers(MultiTaskModel(encoder, list(teacher.tasks.values())), keep)
     log.info("student %s: from %s, its layers %s, %.1f%% of the teacher's vocabulary shared", spec.name, source,
              keep, 100 * transfer.shared)
-    return student, keep, {"init_from": {"model": spec.init_from, "layers": keep, **transfer.details()}}
+    return student, {"init_from": {"model": spec.init_from, "layers": keep, **transfer.details()}}
 
 
 def _read_teacher_ids(encoder: nn.Module, transfer: VocabularyTransfer, teacher_config: Any,
