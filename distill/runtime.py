@@ -93,13 +93,16 @@ class OnnxForward:
 
 
 def checked_batch_size(manifest: ArtifactManifest, precision: str) -> int:
-    """The default batch size: for dynamic int8, the one the exporter checked it at (its activation scales span
-    the batch, so its labels depend on it); 16 for fp32 and static int8 (fixed scales), and for manifests
-    written before the exporter recorded it."""
+    """The default batch size: for dynamic int8 with one activation scale per tensor, the one the exporter
+    checked it at (its scales span the batch, so its labels depend on it); 16 for fp32, static int8 (fixed
+    scales), per-token dynamic int8 (each token its own scale) and manifests written before the exporter
+    recorded it."""
     if precision != "int8":
         return DEFAULT_BATCH_SIZE
     int8 = manifest.checks.get("int8")
     dynamic = int8.get("dynamic") if isinstance(int8, dict) else None
+    if isinstance(dynamic, dict) and dynamic.get("activations") == "per_token":
+        return DEFAULT_BATCH_SIZE
     size = dynamic.get("batch_size", DEFAULT_BATCH_SIZE) if isinstance(dynamic, dict) else DEFAULT_BATCH_SIZE
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise DistillInputError(f"manifest.json: checks.int8.dynamic.batch_size: {size!r} is not a positive "
@@ -110,8 +113,10 @@ def checked_batch_size(manifest: ArtifactManifest, precision: str) -> int:
 class Predictor:
     """Per-task predictions for raw texts from an artifact directory (label + score, or entity spans).
 
-    `batch_size` defaults to the one the export checked a dynamic int8 model at (`checks.int8.dynamic.batch_size`,
-    1 unless `export.check_batch_size` says otherwise; see `checked_batch_size`), and to 16 otherwise.
+    `batch_size` defaults to 16, or for a dynamic int8 model with one activation scale per tensor
+    (`export.int8_activations: per_tensor`) to the batch size the export checked it at
+    (`checks.int8.dynamic.batch_size`, 1 unless `export.check_batch_size` says otherwise; see
+    `checked_batch_size`).
 
     Before anything runs, manifest.json and tasks.json are read through their schemas and the files used
     (graphs, tokenizer, tasks) are compared with the sha256 the exporter recorded; `verify=False` skips the

@@ -36,6 +36,13 @@ def fake_quant_uint8(values: torch.Tensor) -> torch.Tensor:
     return torch.fake_quantize_per_tensor_affine(values, scale, zero, 0, UINT8_MAX)
 
 
+def fake_quant_tokens(values: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 round trip with one scale per token (row of the last axis), as the export's per-token
+    dynamic int8 quantizes a Linear's input (see distill.export.per_token); straight-through gradient."""
+    scale = (values.detach().abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp_min(1e-12)
+    return values + ((values / scale).round().clamp(-INT8_MAX - 1, INT8_MAX) * scale - values).detach()
+
+
 def fake_quant_rows(table: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """Symmetric `bits`-bit round trip with one scale per row (the export's per_row embedding tables): scale =
     max|row| / (2^(bits-1) - 1), straight-through gradient."""
@@ -88,16 +95,21 @@ class StudentLinear(nn.Linear):
         self.weight, self.bias = source.weight, source.bias
         self.register_buffer("mask", mask)
         self.fake_quant = False
-        self.reduce_range = self.per_channel = self.activations = False
+        self.reduce_range = self.per_channel = False
+        self.activations: str | None = None
 
-    def quantize(self, reduce_range: bool, per_channel: bool, activations: bool) -> None:
+    def quantize(self, reduce_range: bool, per_channel: bool, activations: str | None) -> None:
+        """Fake int8 weights from now on; `activations` per_token or per_tensor also fakes the input's dynamic
+        int8 as the export quantizes it (None: the input stays float)."""
         self.fake_quant = True
         self.reduce_range, self.per_channel, self.activations = reduce_range, per_channel, activations
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if self.fake_quant:
-            if self.activations:
+            if self.activations == "per_token":
+                inputs = fake_quant_tokens(inputs)
+            elif self.activations == "per_tensor":
                 inputs = fake_quant_uint8(inputs)
             weight = fake_quant_int8(weight, self.reduce_range, self.per_channel)
         out = F.linear(inputs, weight, self.bias)

@@ -3,7 +3,8 @@
 What is simulated is what `export` builds with onnxruntime's dynamic quantization: every encoder Linear
 weight as symmetric int8 (per tensor, or per channel with `export.per_channel`; 7-bit with the reduce_range
 of non-VNNI CPUs), the embedding tables as `export.int8_embeddings` stores them (int8 per row, or uint8 per
-table), and optionally every Linear input as dynamic uint8.
+table), and optionally every Linear input's dynamic int8 (`export.int8_activations`: one scale per token, or
+onnxruntime's uint8 with one scale per tensor).
 Gradients pass straight through the rounding. The saved model holds the float weights; the export
 quantizes them to exactly the values seen here.
 """
@@ -29,12 +30,12 @@ class QatSettings:
     start_epoch: int
     reduce_range: bool
     per_channel: bool
-    activations: bool
+    activations: str | None  # export.int8_activations when the inputs are fake-quantized too: per_token | per_tensor
     embeddings: str = "per_row"  # export.int8_embeddings: per_row | per_tensor | fp32
 
     @classmethod
     def last_epochs(cls, qat_epochs: int, total_epochs: float, reduce_range: bool, per_channel: bool,
-                    activations: bool, embeddings: str = "per_row") -> QatSettings:
+                    activations: str | None, embeddings: str = "per_row") -> QatSettings:
         return cls(math.ceil(total_epochs) - qat_epochs + 1, reduce_range, per_channel, activations, embeddings)
 
 

@@ -58,6 +58,12 @@ def test_every_family_fuses_what_it_can_to_the_same_logits(exported, model_type,
     assert "EmbedLayerNormalization" not in fusion.ops, "per-row int8 tables need the embedding Gather"
     for plain, merged in zip(run(exported[model_type], ids, mask), run(fused, ids, mask), strict=True):
         np.testing.assert_allclose(merged, plain, atol=1e-4)
+    apart = tmp_path / "projections.onnx"  # the graph per-token int8 quantizes
+    projected = fuse_graph(exported[model_type], apart, fuse_embeddings=False, projections=True)
+    assert FUSED_ATTENTION not in projected.ops
+    assert (projected.ops.get("MultiHeadAttention") == 3) == (model_type in ATTENTION_FUSES), projected.ops
+    for plain, merged in zip(run(exported[model_type], ids, mask), run(apart, ids, mask), strict=True):
+        np.testing.assert_allclose(merged, plain, atol=1e-4)
 
 
 def test_dynamic_int8_of_a_fused_graph_quantizes_its_attention_after_smoothing(exported, tmp_path):

@@ -178,8 +178,9 @@ def test_export_takes_the_chosen_fallback_nodes_out_of_int8(trained_run, tiny_ba
     for module in (quantize, exporter):
         monkeypatch.setattr(module, "expected_agreement", lambda tasks, *_: dict.fromkeys(
             (t.info.name for t in tasks), 0.5 + 0.1 * min(next(calls), 2)))
+    # onnxruntime's per-tensor int8 with the fused QAttention (tests/test_per_token.py: the per-token default)
     spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=0.99, int8_max_fallback_nodes=2,
-                      int8_fallback=fallback, calibration_examples=8)
+                      int8_fallback=fallback, calibration_examples=8, int8_activations="per_tensor")
     with caplog.at_level(logging.WARNING):
         manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
                                    recipe.max_length, tokenizer.pad_token_id)

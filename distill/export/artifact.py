@@ -19,7 +19,14 @@ from distill.data.evaluation import evaluate, primary_scores, torch_forward
 from distill.data.tasks import TaskData
 from distill.export.agreement import expected_agreement, label_agreement
 from distill.export.embeddings import on_int4_grid
-from distill.export.fusion import fuse_graphs, matching_nodes, unfuse_graphs
+from distill.export.fusion import (
+    PER_TOKEN_GRAPH_SUFFIX,
+    fuse_graphs,
+    fused_op_counts,
+    matching_nodes,
+    per_token_graphs,
+    unfuse_graphs,
+)
 from distill.export.hf_dirs import write_hf_dirs
 from distill.export.onnx_graph import (
     PARITY_EXAMPLES,
@@ -79,6 +86,9 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         if parity > spec.parity_tolerance:
             raise DistillError(f"export of {model_dir}: ONNX fp32 differs from PyTorch by {parity:.2e} "
                                f"(> export.parity_tolerance {spec.parity_tolerance:.0e})")
+        per_token = spec.int8 and "dynamic" in spec.quantization and spec.int8_activations == "per_token"
+        per_token_sources = per_token_graphs(dict(_by_task(fp32_path)), unfused, fusions,
+                                             spec.int8_embeddings != "per_row") if per_token else {}
         torch_dev = primary_scores(tasks, evaluate(torch_forward(model), tasks, "dev", pad_id, desc="torch dev"))
         torch_test = split_predictions(torch_forward(model), tasks, "test", pad_id)
         fp32_test = split_predictions(fp32, tasks, "test", pad_id)
@@ -98,7 +108,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             precision = "int8" if mode == "dynamic" else "int8-static"
             int8_path = _graph_files(tmp, precision, model, spec.graphs)
             feeds = calibration_feeds(tasks, spec.calibration_examples, pad_id) if mode == "static" else None
-            excluded, searches, graph = [], {}, "unfused"
+            excluded, searches, graph, graph_ops = [], {}, "unfused", {}
             for (task, fp32_source), (_, target) in zip(_by_task(fp32_path), _by_task(int8_path), strict=True):
                 graph_tasks = [t for t in tasks if task is None or t.info.name == task]
                 source, found = fp32_source, fallbacks.get(task)
@@ -106,6 +116,9 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                     graph = "fused"
                     if mode == "static":  # QDQ has no fused Attention: the unfused graph, fused by the runtime
                         source, graph = unfused[task], "unfused (static QDQ)"
+                    elif per_token and per_token_sources[task] != fp32_source:
+                        source, graph = per_token_sources[task], "fused, MultiHeadAttention (per-token int8)"
+                        graph_ops[task or "model"] = fused_op_counts(_load_graph(source))
                 if found and searched_in[task] != source:
                     found = (matching_nodes(searched_in[task], source, found[0]), found[1])
                 kept, search = quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id, found)
@@ -121,7 +134,10 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             delta = {t: int8_dev[t] - torch_dev[t] for t in torch_dev}
             int8_test = split_predictions(int8, tasks, "test", pad_id, spec.check_batch_size)
             checks["int8"][mode] = {
-                "files": [p.name for _, p in _by_task(int8_path)], "graph": graph, "per_channel": spec.per_channel,
+                "files": [p.name for _, p in _by_task(int8_path)], "graph": graph,
+                **({"fused_ops": graph_ops} if graph_ops else {}),
+                **({"activations": spec.int8_activations} if mode == "dynamic" else {}),
+                "per_channel": spec.per_channel,
                 "fp32_nodes": len(excluded), "embeddings": spec.int8_embeddings,
                 **({"word_embedding_bits": word_bits} if spec.int8_embeddings == "per_row" else {}),
                 **({"fallback": spec.int8_fallback, "fallback_search": searches} if searches else {}),
@@ -143,7 +159,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 "int8-static" if spec.int8 else "fp32")
             hf_dirs = write_hf_dirs(tmp, model_dir, _graph_files(tmp, precision, model, spec.graphs), read_tasks(tmp))
             log.info("%s: Hugging Face directories (%s) in %s/", model_dir.name, precision, HF_DIR)
-        for path in unfused.values():
+        for path in [*unfused.values(), *tmp.glob(f"*{PER_TOKEN_GRAPH_SUFFIX}")]:
             path.unlink(missing_ok=True)
         if not spec.fp32:
             for _, path in _by_task(fp32_path):
@@ -161,6 +177,12 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         }
         atomic_write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _load_graph(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
 
 
 def _graph_files(directory: Path, precision: str, model: MultiTaskModel, graphs: str) -> Path | dict[str, Path]:

@@ -36,6 +36,7 @@ OPTIMIZER_MODEL_TYPE = "bert"  # the fusion patterns of every family distill exp
 # ranking treat it as one weight product; it can leave int8 only whole, so the fallback search takes it only with
 # int8_fallback: fp32
 FUSED_ATTENTION = "Attention"
+PER_TOKEN_GRAPH_SUFFIX = ".mha.onnx"  # the fp32 graph per-token int8 is quantized from, while the export runs
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
              "Gelu", "FastGelu", "LayerNormalization", "SkipSimplifiedLayerNormalization", "RotaryEmbedding")
 
@@ -109,15 +110,35 @@ def _attention_units(path: Path) -> list[list[str]]:
     return [members for members in readers.values() if len(members) > 1]
 
 
-def fuse_graph(source: Path, target: Path, fuse_embeddings: bool) -> Fusion:
+def per_token_graphs(graphs: dict[str | None, Path], unfused: dict[str | None, Path],
+                     fusions: dict[str | None, Fusion], fuse_embeddings: bool) -> dict[str | None, Path]:
+    """The graphs per-token int8 quantizes (see `distill.export.per_token`): a graph whose attention fused into
+    `Attention` (whose int8 form takes one scale per tensor) is fused again from its unfused copy with
+    `MultiHeadAttention` instead, the Q, K and V projections left as weight MatMuls before it
+    (`<stem>.mha.onnx`, removed with the unfused copies); the others as they are."""
+    sources = {}
+    for task, path in graphs.items():
+        fusion = fusions.get(task)
+        if fusion is None or not fusion.fused or not fusion.ops.get(FUSED_ATTENTION):
+            sources[task] = path
+            continue
+        target = path.with_name(f"{path.stem}{PER_TOKEN_GRAPH_SUFFIX}")
+        sources[task] = target if fuse_graph(unfused[task], target, fuse_embeddings, projections=True).fused \
+            else unfused[task]
+    return sources
+
+
+def fuse_graph(source: Path, target: Path, fuse_embeddings: bool, projections: bool = False) -> Fusion:
     """Write `source` fused to `target`; the counts of fused operators say what fused (none: `target` not
     written, and `fused` False). Level 0: only the transformer fusions, the runtime does the rest when a session
-    opens."""
+    opens. With `projections`, an attention block fuses into `MultiHeadAttention` after its own Q, K and V
+    MatMuls rather than into `Attention`, which holds them."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions(OPTIMIZER_MODEL_TYPE)
     options.enable_embed_layer_norm = fuse_embeddings
+    options.use_multi_head_attention = projections
     options.enable_gelu_approximation = False  # an approximation would change the function, not only its graph
     # the optimizer logs each fusion and warns on every pattern a family does not have
     with logger_level(logging.ERROR):  # its modules log under their own top-level names

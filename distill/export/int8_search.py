@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.export.fusion import FUSED_ATTENTION
+from distill.export.per_token import int8_weight, per_token_round_trip
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,12 @@ def logit_noise(reference: dict[str, list[np.ndarray]], other: dict[str, list[np
 
 
 def local_int8_noise(model_path: Path, nodes: list[str], feeds: Iterable[dict[str, np.ndarray]], per_channel: bool,
-                     reduce_range: bool) -> dict[str, float]:
+                     reduce_range: bool, per_token: bool = False) -> dict[str, float]:
     """For each named weight MatMul: RMS(int8 output − fp32 output) / RMS(fp32 output) of that MatMul alone, its
-    input quantized as onnxruntime's dynamic int8 does (uint8, one scale per example at batch 1) and its weight
-    as int8 (per output channel, or per tensor). One pass over `feeds`, no graph quantized: a cheap first
-    ranking, which the end-to-end `noise_of` of `search_fallbacks` then refines on a shortlist."""
+    input quantized as dynamic int8 does (onnxruntime's uint8, one scale per example at batch 1; with
+    `per_token`, one per token, see `distill.export.per_token`) and its weight as int8 (per output channel, or per
+    tensor). One pass over `feeds`, no graph quantized: a cheap first ranking, which the end-to-end `noise_of` of
+    `search_fallbacks` then refines on a shortlist."""
     import onnx
     from onnx import numpy_helper
 
@@ -138,14 +140,18 @@ def local_int8_noise(model_path: Path, nodes: list[str], feeds: Iterable[dict[st
     graph = onnx.load(str(model_path)).graph
     stored = {i.name: i for i in graph.initializer}
     weights = {n.name: numpy_helper.to_array(stored[n.input[1]]) for n in graph.node if n.name in nodes}
-    quantized = {name: _int8_weight(w, per_channel, reduce_range) for name, w in weights.items()}
+    quantized = {}
+    for name, w in weights.items():
+        q_weight, scale = int8_weight(w, per_channel, reduce_range)
+        quantized[name] = q_weight.astype(np.float32) * scale
+    round_trip = per_token_round_trip if per_token else _uint8_input
     error = dict.fromkeys(weights, 0.0)
     reference = dict.fromkeys(weights, 0.0)
     for inputs in matmul_inputs(model_path, list(weights), feeds):
         for node, examples in inputs.items():
             for x in examples:
                 exact = x @ weights[node]
-                error[node] += float(np.sum((_uint8_input(x) @ quantized[node] - exact) ** 2))
+                error[node] += float(np.sum((round_trip(x) @ quantized[node] - exact) ** 2))
                 reference[node] += float(np.sum(exact**2))
     return {node: float(np.sqrt(error[node] / max(reference[node], 1e-30))) for node in weights}
 
@@ -157,13 +163,6 @@ def _uint8_input(x: np.ndarray) -> np.ndarray:
     zero = np.clip(np.rint(-low / scale), 0, 255)
     return ((np.clip(np.rint(x / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
 
-
-def _int8_weight(w: np.ndarray, per_channel: bool, reduce_range: bool) -> np.ndarray:
-    """w through symmetric int8 (7 bits with `reduce_range`) and back, per output column or per tensor."""
-    top = 63 if reduce_range else 127
-    scale = (np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max()) / top
-    scale = np.where(scale == 0, 1.0, scale)
-    return (np.clip(np.rint(w / scale), -top, top) * scale).astype(np.float32)
 
 BLOCK_SIZE = 128
 ACCURACY_INT8 = 4  # MatMulNBits accuracy_level: activations quantized to int8 per block

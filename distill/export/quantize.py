@@ -30,6 +30,7 @@ from distill.export.int8_search import (
 )
 from distill.export.onnx_graph import fp32_node_names, gemm_matmul_names, head_nodes
 from distill.export.outliers import input_channel_max, outlier_channels, split_outlier_channels
+from distill.export.per_token import quantize_per_token
 from distill.export.smoothing import smooth_inputs, smoothed_channel_max, smoothing_scales
 from distill.recipe import ExportSpec
 from distill.runtime import OnnxForward
@@ -51,8 +52,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
                   keep_fp32: list[str] | None = None, embeddings: str = "per_row",
                   fallback_nodes: list[str] | None = None, fallback: str = "fp32",
                   only_nodes: list[str] | None = None, outliers: dict[str, np.ndarray] | None = None,
-                  int8_heads: bool = False, smoothing: dict[str, np.ndarray] | None = None) -> list[str]:
-    """Int8 by onnxruntime: dynamic (weights; activations at run time) or static QDQ calibrated on `calibration`.
+                  int8_heads: bool = False, smoothing: dict[str, np.ndarray] | None = None,
+                  activations: str = "per_tensor") -> list[str]:
+    """Int8 by onnxruntime: dynamic (weights; activations at run time, one scale per tensor or, with
+    `activations` per_token, per token: see `distill.export.per_token`) or static QDQ calibrated on `calibration`.
 
     Nodes whose name matches a regular expression of `keep_fp32` stay in fp32; `fallback_nodes` (MatMuls) are
     left out of the int8 scheme and become `fallback`: fp32, `block_int8` (see `block_int8_matmuls`), or
@@ -64,7 +67,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
     of the nodes `keep_fp32` matched."""
     with prepared_graph(fp32_path, int8_path, keep_fp32 or [], int8_heads, smoothing) as prepared:
         quantize_prepared(prepared, int8_path, mode, per_channel, reduce_range, calibration, embeddings,
-                          fallback_nodes, fallback, only_nodes, outliers)
+                          fallback_nodes, fallback, only_nodes, outliers, activations)
         return prepared.kept
 
 
@@ -99,7 +102,8 @@ def prepared_graph(fp32_path: Path, int8_path: Path, keep_fp32: list[str], int8_
 def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_channel: bool, reduce_range: bool,
                       calibration: list[dict[str, np.ndarray]] | None = None, embeddings: str = "per_row",
                       fallback_nodes: list[str] | None = None, fallback: str = "fp32",
-                      only_nodes: list[str] | None = None, outliers: dict[str, np.ndarray] | None = None) -> None:
+                      only_nodes: list[str] | None = None, outliers: dict[str, np.ndarray] | None = None,
+                      activations: str = "per_tensor") -> None:
     """`quantize_int8` from a graph `prepared_graph` made (left unchanged)."""
     import onnx
     from onnxruntime.quantization import (
@@ -132,7 +136,9 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
                               "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
     try:
         with logger_level(logging.WARNING):  # onnxruntime's quantizer logs a line per tensor
-            if mode == "dynamic":
+            if mode == "dynamic" and activations == "per_token":
+                quantize_per_token(source, int8_path, excluded, only_nodes, per_channel, reduce_range)
+            elif mode == "dynamic":
                 quantize_dynamic(str(source), str(int8_path), weight_type=QuantType.QInt8, extra_options=untyped,
                                  **common)
             else:
@@ -165,6 +171,7 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
     unless another mode's search `found` the nodes (and what they became) already. Returns the keep_fp32 nodes
     and the search."""
     kept = fp32_node_names(source, spec.keep_fp32)
+    activations = spec.int8_activations if mode == "dynamic" else "per_tensor"
     fp32_anyway = set(kept) | set([] if spec.int8_heads else head_nodes(source))
     need_outliers = (found[1] == "outliers" and bool(found[0])) if found is not None else \
         spec.int8_fallback == "outliers" and spec.int8_min_agreement is not None
@@ -185,7 +192,7 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
         def quantize(path: Path, fallback_nodes: list[str] | None = None, only: list[str] | None = None,
                      fallback: str = spec.int8_fallback) -> None:
             quantize_prepared(prepared, path, mode, spec.per_channel, preset["reduce_range"], feeds,
-                              spec.int8_embeddings, fallback_nodes, fallback, only, outliers)
+                              spec.int8_embeddings, fallback_nodes, fallback, only, outliers, activations)
 
         if found is not None:
             quantize(target, found[0], fallback=found[1])
@@ -201,7 +208,8 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
         return kept, _search(source, target, spec, tasks, pad_id, quantize, candidates,
                              lambda nodes: local_int8_noise(prepared.path, nodes,
                                                             calibration_feeds(tasks, RANKING_EXAMPLES, pad_id),
-                                                            spec.per_channel, preset["reduce_range"]))
+                                                            spec.per_channel, preset["reduce_range"],
+                                                            activations == "per_token"))
 
 
 def _search(source: Path, target: Path, spec: ExportSpec, tasks: list[TaskData], pad_id: int,

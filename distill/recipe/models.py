@@ -81,7 +81,8 @@ class StudentSpec(Strict):
                                   "of its own: 4 bits halve the table against int8")
     pruning: PruningSpec = PruningSpec()
     qat_epochs: int = Field(default=0, ge=0, description="fake-quantize int8 during the last N epochs")
-    qat_activations: bool = Field(default=False, description="QAT also fake-quantizes Linear inputs (uint8)")
+    qat_activations: bool = Field(default=False, description="QAT also fake-quantizes Linear inputs as the export's "
+                                  "dynamic int8 will (export.int8_activations)")
     lora: LoraSpec | None = Field(default=None, description="train LoRA adapters, merged before saving")
     init_from: str | None = Field(
         default=None, min_length=1,

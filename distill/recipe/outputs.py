@@ -31,6 +31,13 @@ class ExportSpec(Strict):
         default="combined", description="one graph with every task's logits as a named output, or one graph per task")
     quantization: list[Literal["dynamic", "static"]] = Field(
         default=["dynamic"], description="int8 modes: dynamic (weights only) and/or static (calibrated, QDQ)")
+    int8_activations: Literal["per_token", "per_tensor"] = Field(
+        default="per_token", description="activation scales of dynamic int8: per_token (each token's row quantized "
+                                         "by its own max |x|, symmetric: a few large tokens no longer coarsen the "
+                                         "rest, and an example's labels do not depend on the batch it runs in; the "
+                                         "graph is fused without the Attention operator, whose int8 form takes one "
+                                         "scale) or per_tensor (onnxruntime's DynamicQuantizeLinear, one scale per "
+                                         "tensor and batch, with the fused QAttention)")
     per_channel: bool = Field(default=True, description="int8 weights with one scale per output channel (a "
                                                         "column whose values are small keeps its precision)")
     keep_fp32: list[str] = Field(

@@ -1,0 +1,142 @@
+"""Per-token dynamic int8 (the default `export.int8_activations`): each token's row quantized on its own scale."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from distill.core.tokenizer import load_tokenizer
+from distill.data.tasks import encode_tasks, load_tasks
+from distill.export.artifact import export_artifact
+from distill.export.per_token import int8_weight, per_token_round_trip, quantize_per_token
+from distill.export.quantize import quantize_int8
+from distill.recipe import ExportSpec, load_recipe
+from distill.runtime import OnnxForward, Predictor
+
+
+def _products_graph(path, weights: dict[str, np.ndarray], gemm_weight: np.ndarray, gemm_bias: np.ndarray) -> None:
+    """x [batch, tokens, 8] read by MatMuls first, second, third; h [rows, 8] by a Gemm (B transposed, bias)."""
+    nodes = [helper.make_node("MatMul", ["x", f"w_{name}"], [f"y_{name}"], name=name) for name in weights]
+    nodes.append(helper.make_node("Gemm", ["h", "w_gemm", "b_gemm"], ["y_gemm"], name="gemm", transB=1))
+    initializers = [numpy_helper.from_array(w, f"w_{name}") for name, w in weights.items()]
+    initializers += [numpy_helper.from_array(gemm_weight, "w_gemm"), numpy_helper.from_array(gemm_bias, "b_gemm")]
+    graph = helper.make_graph(
+        nodes, "products",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", 8]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, ["rows", 8])],
+        [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None) for name in [*weights, "gemm"]],
+        initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_each_token_is_rounded_on_its_own_scale_and_excluded_products_stay_float(tmp_path):
+    rng = np.random.default_rng(0)
+    weights = {name: rng.normal(size=(8, 6)).astype(np.float32) for name in ("first", "second", "third")}
+    gemm_weight, gemm_bias = rng.normal(size=(5, 8)).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    _products_graph(tmp_path / "fp32.onnx", weights, gemm_weight, gemm_bias)
+    quantized = quantize_per_token(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", exclude=["second"], only=None,
+                                   per_channel=True, reduce_range=False)
+    assert quantized == ["first", "third", "gemm"]
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 3 and ops.count("MatMul") == 1, "the excluded product stays float"
+    assert ops.count("QuantizeLinear") == 2, "products reading one input share its quantization (x, h)"
+    x = rng.normal(size=(2, 4, 8)).astype(np.float32)
+    x[0, 1] *= 200  # one token far larger than the rest: per tensor, it would coarsen every other token
+    h = rng.normal(size=(3, 8)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x, "h": h}), strict=True))
+
+    def dequantized(w):
+        q_weight, scale = int8_weight(w, per_channel=True, reduce_range=False)
+        return q_weight.astype(np.float32) * scale
+
+    for name in ("first", "third"):
+        assert np.allclose(got[f"y_{name}"], per_token_round_trip(x) @ dequantized(weights[name]), atol=1e-4)
+        exact = x @ weights[name]
+        small = np.abs(got[f"y_{name}"][0, 0] - exact[0, 0]).max() / np.abs(exact[0, 0]).max()
+        assert small < 0.02, "the token beside the large one keeps its precision"
+    assert np.allclose(got["y_second"], x @ weights["second"], atol=1e-5)
+    assert np.allclose(got["y_gemm"], per_token_round_trip(h) @ dequantized(gemm_weight.T) + gemm_bias, atol=1e-4)
+    only = quantize_per_token(tmp_path / "fp32.onnx", tmp_path / "one.onnx", exclude=[], only=["third"],
+                              per_channel=False, reduce_range=True)
+    assert only == ["third"]
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "one.onnx")).graph.initializer}
+    q_weight = next(v for k, v in stored.items() if k.endswith("_per_token_int8"))
+    assert np.abs(q_weight).max() == 64, "reduce_range: 7-bit weights, as onnxruntime's"
+
+
+def test_qat_fakes_the_per_token_rounding_of_the_export():
+    import torch
+
+    from students.modules import fake_quant_tokens
+
+    values = np.random.default_rng(2).normal(size=(2, 5, 16)).astype(np.float32)
+    values[1, 3] *= 50
+    values[0, 2] = 0
+    faked = fake_quant_tokens(torch.from_numpy(values).requires_grad_())
+    assert np.allclose(faked.detach().numpy(), per_token_round_trip(values), atol=1e-6)
+    faked.sum().backward()  # straight through
+
+
+@pytest.fixture(scope="module")
+def per_token_export(trained_run, tiny_base, tmp_path_factory):
+    import distill.export.quantize as quantize
+
+    # all int8 agrees on half the dev labels, one node in fp32 on all of them
+    values = iter([0.5] + [1.0] * 100)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(quantize, "expected_agreement",
+                  lambda tasks, *_: dict.fromkeys((t.info.name for t in tasks), next(values)))
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(tiny_base)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    out = tmp_path_factory.mktemp("per-token") / "a"
+    spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=0.99, int8_max_fallback_nodes=1,
+                      int8_fallback="fp32", calibration_examples=8)
+    try:
+        manifest = export_artifact(trained_run / "out" / "students" / "s2", out, tasks, spec, recipe.max_length,
+                                   tokenizer.pad_token_id)
+    finally:
+        patch.undo()
+    return out, manifest
+
+
+def test_the_default_int8_quantizes_a_graph_fused_with_its_projections_apart_per_token(per_token_export):
+    out, manifest = per_token_export
+    dynamic = manifest["checks"]["int8"]["dynamic"]
+    assert dynamic["activations"] == "per_token" and dynamic["graph"] == "fused, MultiHeadAttention (per-token int8)"
+    assert manifest["fusion"]["model"]["ops"]["Attention"] == 2, "the fp32 model keeps its fused attention"
+    int8_ops = dynamic["fused_ops"]["model"]
+    assert "Attention" not in int8_ops and int8_ops["MultiHeadAttention"] == 2 and int8_ops["SkipLayerNormalization"]
+    ops = [n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node]
+    assert "MatMulIntegerToFloat" in ops and "DynamicQuantizeLinear" not in ops and "QAttention" not in ops
+    search = dynamic["fallback_search"]["model"]
+    assert len(search["nodes"]) == 1 and search["nodes"][0] in {n.name for n in onnx.load(
+        str(out / "model.int8.onnx")).graph.node if n.op_type == "MatMul"}, "the search's node stays an fp32 MatMul"
+    static = manifest["checks"]["int8"]["static"]
+    assert "activations" not in static and static["fallback_search"]["model"]["nodes"] == search["nodes"]
+    assert not list(out.glob("*.mha.onnx")) and not list(out.glob("*unfused*"))
+    assert Predictor(out).batch_size == 16, "labels that do not depend on the batch need no batch of one"
+
+
+def test_per_token_int8_labels_do_not_depend_on_the_batch(per_token_export):
+    out, _ = per_token_export
+    forward = OnnxForward(out / "model.int8.onnx")
+    rng = np.random.default_rng(3)
+    alone = rng.integers(5, 30, size=(1, 12))
+    others = rng.integers(5, 30, size=(3, 12))
+    batch = np.concatenate([alone, others])
+    mask = np.ones_like(batch)
+    for task in forward.output_tasks:
+        by_itself = forward(task, alone, mask[:1])
+        in_company = forward(task, batch, mask)[:1]
+        assert np.allclose(by_itself, in_company, atol=1e-5), task
+    per_tensor = out.parent / "per_tensor.int8.onnx"
+    quantize_int8(out / "model.onnx", per_tensor, "dynamic", True, False)
+    forward = OnnxForward(per_tensor)
+    moved = max(float(np.abs(forward(t, alone, mask[:1]) - forward(t, batch, mask)[:1]).max())
+                for t in forward.output_tasks)
+    assert moved > 1e-3, "with one scale per tensor, the company an example keeps moves its logits"
