@@ -58,6 +58,18 @@ def test_limit_transfer_takes_the_train_examples_beyond_limit_train_without_thei
     assert all((row == IGNORE_INDEX).all() for row in with_transfer["ner"].encoded["transfer"].labels)
 
 
+def test_limit_transfer_0_turns_an_inherited_transfer_split_off(tmp_path, tiny_base):
+    def edit(data):
+        data["tasks"][0]["limit"] = {"train": 50, "transfer": 0}
+    tasks = _tasks(tmp_path, tiny_base, edit)
+    assert "transfer" not in tasks["sentiment"].splits and len(tasks["sentiment"].splits["train"].texts) == 50
+
+    def negative(data):
+        data["tasks"][0]["limit"] = {"train": 0}
+    with pytest.raises(DistillInputError, match=r"tasks\.0\.limit: .*train: 0; a limit is at least 1"):
+        _tasks(tmp_path / "n", tiny_base, negative)
+
+
 def test_a_transfer_file_needs_only_the_text_column(tmp_path, tiny_base):
     edit = _sentiment_transfer_file(tmp_path, "text\na good film\n\"\"\nthe plot was dull\n")
     tasks = _tasks(tmp_path, tiny_base, edit)

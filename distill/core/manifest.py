@@ -54,7 +54,7 @@ class ArtifactManifest(BaseModel):
 
 
 def fallback_node_count(int8_check: dict[str, Any]) -> int:
-    """The nodes the accuracy search kept out of per-tensor int8, over every graph of one int8 mode's checks."""
+    """The nodes the accuracy search kept out of int8, over every graph of one int8 mode's checks."""
     return sum(len(search.get("nodes", [])) for search in (int8_check.get("fallback_search") or {}).values())
 
 

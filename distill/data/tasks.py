@@ -325,9 +325,11 @@ def load_tasks(recipe: Recipe) -> list[TaskData]:
 def _transfer(spec: TaskSpec, given: Split | None, train: Split) -> Split | None:
     """The unlabelled examples the students learn from the teacher alone: the source's transfer file or split,
     else (with `limit.transfer`) the train examples beyond `limit.train`, their labels left out; capped at
-    `limit.transfer`. None when the task has none."""
+    `limit.transfer`. None when the task has none, or `limit.transfer` is 0."""
     where = f"tasks.{spec.name}"
     count = (spec.limit or {}).get(TRANSFER)
+    if count == 0:
+        return None
     if given is not None:
         pool = _clean_unlabelled(spec, given)
     elif count is None:

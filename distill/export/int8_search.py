@@ -1,10 +1,11 @@
 """Accuracy-aware int8: take the few weight MatMuls whose int8 noise moves predictions the most out of it.
 
-onnxruntime's dynamic int8 quantizes each MatMul's input with one scale per tensor; on a task with many
-borderline examples that noise flips labels (1-2 % of the demo's sentiment test set), and most of it comes
-from a few nodes (the first layer's feed-forward block, on the demo). With `export.int8_min_agreement`,
+Dynamic int8 rounds every MatMul's input (one scale per token by default, see `distill.export.per_token`, or
+onnxruntime's one scale per tensor); on a task with many borderline examples that noise flips labels (0.5-1 %
+of the demo's sentiment test set), and part of it comes from a few nodes (the first layer's feed-forward block,
+on the demo). With `export.int8_min_agreement`,
 each candidate node is quantized alone on a dev sample and ranked by how far it moves the logits; then the
-noisiest 1, 2, 4, ... nodes leave the per-tensor int8 scheme (then a bisection finds the fewest) until int8
+noisiest 1, 2, 4, ... nodes leave the int8 scheme (then a bisection finds the fewest) until int8
 and fp32 agree on the dev labels of every task, expected (`distill.export.agreement`, the default) or
 counted; short of that, the fewest nodes that gave the best agreement are kept. A node that leaves becomes
 (`export.int8_fallback`) int8 with its largest input channels in fp32 (`outliers`, the default, see

@@ -73,7 +73,7 @@ class ExportSpec(Strict):
         default=0.7, ge=0, le=1, description="SmoothQuant migration strength alpha: before int8, each MatMul input is "
                                              "divided per channel by s = max|x|^alpha / max|w|^(1-alpha) and the "
                                              "weight rows multiplied by it (same fp32 function, flatter activations "
-                                             "for the one int8 scale per tensor); null turns it off")
+                                             "for the int8 scale of a token or tensor); null turns it off")
     check_batch_size: int = Field(
         default=1, gt=0, description="examples per forward pass in the int8 checks and the fallback search: 1 runs "
                                      "each example alone, as an edge device does; dynamic int8 scales its "

@@ -87,8 +87,9 @@ class TaskSpec(Strict):
     @classmethod
     def _positive_limits(cls, value: dict[str, int] | None) -> dict[str, int] | None:
         for name, count in (value or {}).items():
-            if count < 1:
-                raise ValueError(f"{name}: {count}; a limit is at least 1")
+            if count < (0 if name == TRANSFER else 1):  # transfer: 0 turns an inherited transfer split off
+                raise ValueError(f"{name}: {count}; a limit is at least 1" + (" (transfer: 0 for none)"
+                                                                              if name == TRANSFER else ""))
         return value
 
     @model_validator(mode="after")
