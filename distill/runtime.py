@@ -101,13 +101,11 @@ def checked_batch_size(manifest: ArtifactManifest, precision: str) -> int:
         return DEFAULT_BATCH_SIZE
     int8 = manifest.checks.get("int8")
     dynamic = int8.get("dynamic") if isinstance(int8, dict) else None
-    if isinstance(dynamic, dict) and dynamic.get("activations") == "per_token":
-        return DEFAULT_BATCH_SIZE
     size = dynamic.get("batch_size", DEFAULT_BATCH_SIZE) if isinstance(dynamic, dict) else DEFAULT_BATCH_SIZE
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise DistillInputError(f"manifest.json: checks.int8.dynamic.batch_size: {size!r} is not a positive "
                                 "integer (export the artifact again)")
-    return size
+    return DEFAULT_BATCH_SIZE if isinstance(dynamic, dict) and dynamic.get("activations") == "per_token" else size
 
 
 class Predictor:

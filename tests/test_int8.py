@@ -62,6 +62,9 @@ def test_per_row_embeddings_replace_the_float_tables(trained_run, tmp_path):
     assert embedding_gathers(fp32, token_tables_only=True) == [n for n in gathers if "word_embeddings" in n]
     assert files["per_row"].stat().st_size < files["fp32"].stat().st_size
     assert set(embedding_gathers(files["fp32"])) == set(gathers)
+    per_token_tables = tmp_path / "per_token_per_tensor.onnx"
+    quantize_int8(fp32, per_token_tables, "dynamic", False, False, embeddings="per_tensor", activations="per_token")
+    assert not embedding_gathers(per_token_tables), "per-token products, every table in onnxruntime's int8"
 
     ids = np.array([[2, 17, 30, 9, 3, 0]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)

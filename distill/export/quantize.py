@@ -138,6 +138,9 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
         with logger_level(logging.WARNING):  # onnxruntime's quantizer logs a line per tensor
             if mode == "dynamic" and activations == "per_token":
                 quantize_per_token(source, int8_path, excluded, only_nodes, per_channel, reduce_range)
+                if embeddings == "per_tensor" and only_nodes is None:  # onnxruntime's tables, one scale each
+                    quantize_dynamic(str(int8_path), str(int8_path), op_types_to_quantize=["Gather"],
+                                     weight_type=QuantType.QInt8, extra_options=untyped)
             elif mode == "dynamic":
                 quantize_dynamic(str(source), str(int8_path), weight_type=QuantType.QInt8, extra_options=untyped,
                                  **common)
