@@ -37,9 +37,11 @@ def online_source_key(teacher_dir: Path, tasks: list[TaskData]) -> str:
 
 def student_hash_inputs(recipe: Recipe, spec: StudentSpec, source_key: str) -> dict:
     """Training one student: the teacher outputs it learns from, its settings, the distillation and the seed."""
-    # QAT of the inputs simulates the export's activation scales; left out otherwise (the hash stays as it was)
-    activations = {"int8_activations": recipe.export.int8_activations} if spec.qat_epochs and spec.qat_activations \
-        else {}
+    # QAT of the inputs simulates the export's activation scales; left out while they are per tensor, as they were
+    # before per-token int8 existed (the hash stays as it was)
+    scales = recipe.export.dynamic_int8_activations()
+    activations = {"int8_activations": scales} if spec.qat_epochs and spec.qat_activations and \
+        scales != "per_tensor" else {}
     return {"cache": source_key, "student": _student_settings(spec), "distillation": _distillation_inputs(recipe),
             "seed": recipe.seed, "weights": [t.weight for t in recipe.tasks], **_training_inputs(recipe),
             **activations}

@@ -229,8 +229,8 @@ def _qat_settings(recipe: Recipe, spec: StudentSpec) -> QatSettings:
     preset = configured_preset(export.isa)
     last_stage_epochs = recipe.distillation.stage_plan()[-1].epochs
     return QatSettings.last_epochs(spec.qat_epochs, last_stage_epochs, bool(preset["reduce_range"]),
-                                   export.per_channel, export.int8_activations if spec.qat_activations else None,
-                                   export.int8_embeddings)
+                                   export.per_channel, export.dynamic_int8_activations() if spec.qat_activations
+                                   else None, export.int8_embeddings)
 
 
 def _random_student(teacher: MultiTaskModel, keep: list[int], spec: StudentSpec,

@@ -15,7 +15,8 @@ from distill.recipe import ExportSpec, load_recipe
 from distill.runtime import OnnxForward, Predictor
 
 
-def _products_graph(path, weights: dict[str, np.ndarray], gemm_weight: np.ndarray, gemm_bias: np.ndarray) -> None:
+def _products_graph(path, weights: dict[str, np.ndarray], gemm_weight: np.ndarray, gemm_bias: np.ndarray,
+                    opset: int = 17) -> None:
     """x [batch, tokens, 8] read by MatMuls first, second, third; h [rows, 8] by a Gemm (B transposed, bias)."""
     nodes = [helper.make_node("MatMul", ["x", f"w_{name}"], [f"y_{name}"], name=name) for name in weights]
     nodes.append(helper.make_node("Gemm", ["h", "w_gemm", "b_gemm"], ["y_gemm"], name="gemm", transB=1))
@@ -27,14 +28,15 @@ def _products_graph(path, weights: dict[str, np.ndarray], gemm_weight: np.ndarra
          helper.make_tensor_value_info("h", TensorProto.FLOAT, ["rows", 8])],
         [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None) for name in [*weights, "gemm"]],
         initializers)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
 
 
-def test_each_token_is_rounded_on_its_own_scale_and_excluded_products_stay_float(tmp_path):
+@pytest.mark.parametrize("opset", [17, 18])  # from 18 on, ReduceMax takes its axes as an input
+def test_each_token_is_rounded_on_its_own_scale_and_excluded_products_stay_float(tmp_path, opset):
     rng = np.random.default_rng(0)
     weights = {name: rng.normal(size=(8, 6)).astype(np.float32) for name in ("first", "second", "third")}
     gemm_weight, gemm_bias = rng.normal(size=(5, 8)).astype(np.float32), rng.normal(size=5).astype(np.float32)
-    _products_graph(tmp_path / "fp32.onnx", weights, gemm_weight, gemm_bias)
+    _products_graph(tmp_path / "fp32.onnx", weights, gemm_weight, gemm_bias, opset)
     quantized = quantize_per_token(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", exclude=["second"], only=None,
                                    per_channel=True, reduce_range=False)
     assert quantized == ["first", "third", "gemm"]
@@ -134,9 +136,93 @@ def test_per_token_int8_labels_do_not_depend_on_the_batch(per_token_export):
         by_itself = forward(task, alone, mask[:1])
         in_company = forward(task, batch, mask)[:1]
         assert np.allclose(by_itself, in_company, atol=1e-5), task
+    # padded beside a longer text, as the Predictor batches texts of different lengths
+    longer = np.concatenate([np.pad(alone, ((0, 0), (0, 6))), rng.integers(5, 30, size=(1, 18))])
+    longer_mask = np.ones_like(longer)
+    longer_mask[0, 12:] = 0
+    for task in forward.output_tasks:
+        padded = forward(task, longer, longer_mask)[:1]
+        by_itself = forward(task, alone, mask[:1])
+        if padded.ndim == 3:  # token tags: the real tokens
+            padded = padded[:, :12]
+        assert np.allclose(by_itself, padded, atol=1e-4), task
     per_tensor = out.parent / "per_tensor.int8.onnx"
     quantize_int8(out / "model.onnx", per_tensor, "dynamic", True, False)
     forward = OnnxForward(per_tensor)
     moved = max(float(np.abs(forward(t, alone, mask[:1]) - forward(t, batch, mask)[:1]).max())
                 for t in forward.output_tasks)
     assert moved > 1e-3, "with one scale per tensor, the company an example keeps moves its logits"
+
+
+def test_per_tensor_tables_under_per_token_products_are_quantized_even_when_fused(per_token_export, tmp_path):
+    from distill.export.embeddings import embedding_gathers
+    from distill.export.fusion import fuse_graph
+
+    out, _ = per_token_export
+    fused = tmp_path / "embed-fused.onnx"
+    assert fuse_graph(out / "model.onnx", fused, fuse_embeddings=True).ops.get("EmbedLayerNormalization") == 1
+    int8 = tmp_path / "int8.onnx"
+    quantize_int8(fused, int8, "dynamic", True, False, embeddings="per_tensor", activations="per_token")
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert "QEmbedLayerNormalization" in ops and "EmbedLayerNormalization" not in ops and not embedding_gathers(int8)
+    assert "MatMulIntegerToFloat" in ops and "DynamicQuantizeMatMul" not in ops
+
+
+def test_keeping_a_fused_attention_in_fp32_keeps_its_projections_under_per_token(tmp_path):
+    from distill.export.fusion import attention_projections, fuse_graph
+    from distill.export.onnx_graph import export_onnx
+    from tests.test_families import tiny_model
+
+    plain, apart = tmp_path / "plain.onnx", tmp_path / "apart.onnx"
+    export_onnx(tiny_model("bert"), plain, 17)
+    assert fuse_graph(plain, apart, fuse_embeddings=False, projections=True).ops["MultiHeadAttention"] == 3
+    graph = onnx.load(str(apart)).graph
+    first = next(n for n in graph.node if n.op_type == "MultiHeadAttention")
+    kept = attention_projections(apart, [first.name, "something_else"])
+    by_name = {n.name: n for n in graph.node}
+    assert kept[-1] == "something_else" and len(kept) == 4
+    assert all(by_name[name].op_type == "MatMul" for name in kept[:3])
+
+
+def test_qat_of_the_inputs_follows_the_export_and_hashes_as_before_per_tensor(recipe_file):
+    from distill.recipe import load_recipe
+    from distill.stage_inputs import student_hash_inputs
+
+    def with_qat(scales):
+        def edit(recipe):
+            recipe["students"][0].update(qat_epochs=1, qat_activations=True)
+            recipe.setdefault("export", {})["int8_activations"] = scales
+        return load_recipe(recipe_file(edit))
+
+    per_token, per_tensor = with_qat("per_token"), with_qat("per_tensor")
+    assert student_hash_inputs(per_token, per_token.students[0], "c")["int8_activations"] == "per_token"
+    assert "int8_activations" not in student_hash_inputs(per_tensor, per_tensor.students[0], "c"), \
+        "QAT that simulates per-tensor int8, as before per-token existed, keeps its stage hash"
+    static_only = per_token.model_copy(update={"export": per_token.export.model_copy(
+        update={"quantization": ["static"]})})
+    assert static_only.export.dynamic_int8_activations() == "per_tensor", "no dynamic graph: static's fixed scales"
+
+
+def test_a_refitted_graph_that_changes_the_logits_leaves_per_token_int8_the_unfused_graph(trained_run, tiny_base,
+                                                                                          tmp_path, monkeypatch):
+    import distill.export.artifact as exporter
+
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(tiny_base)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    real, calls = exporter.fp32_parity, []
+
+    def parity(*args):  # the fused fp32 graph passes; the MultiHeadAttention refit does not
+        calls.append(1)
+        return real(*args) if len(calls) == 1 else 1.0
+
+    monkeypatch.setattr(exporter, "fp32_parity", parity)
+    out = tmp_path / "a"
+    manifest = export_artifact(trained_run / "out" / "students" / "s2", out, tasks,
+                               ExportSpec(int8_min_agreement=None), recipe.max_length, tokenizer.pad_token_id)
+    dynamic = manifest["checks"]["int8"]["dynamic"]
+    assert dynamic["graph"].startswith("unfused (per-token int8: MultiHeadAttention logits differ from PyTorch")
+    assert manifest["fusion"]["model"]["fused"], "the fp32 model stays fused"
+    assert not list(out.glob("*per-token*")) and not list(out.glob("*unfused*"))
+    assert Predictor(out).predict(["the film was great fun"])

@@ -66,6 +66,7 @@ def test_qat_starts_in_the_last_epochs_and_the_saved_student_is_plain(tiny_teach
     built.on_epoch_start(3, model)
     quantized = [m for m in model.modules() if isinstance(m, StudentLinear) and m.fake_quant]
     assert len(quantized) == 2 * 6 + 1  # 6 per layer + pooler
+    assert {m.activations for m in quantized} == {"per_token"}, "inputs rounded as the default export rounds them"
     assert all(m.fake_quant == "per_row" for m in model.modules() if isinstance(m, StudentEmbedding))
     assert {id(p) for p in model.parameters()} == params, "the optimizer keeps the same parameters"
     assert evaluate(model) == (0.5, {})

@@ -19,14 +19,7 @@ from distill.data.evaluation import evaluate, primary_scores, torch_forward
 from distill.data.tasks import TaskData
 from distill.export.agreement import expected_agreement, label_agreement
 from distill.export.embeddings import on_int4_grid
-from distill.export.fusion import (
-    PER_TOKEN_GRAPH_SUFFIX,
-    fuse_graphs,
-    fused_op_counts,
-    matching_nodes,
-    per_token_graphs,
-    unfuse_graphs,
-)
+from distill.export.fusion import Fusion, fuse_graphs, matching_nodes, per_token_graphs, unfuse_graphs
 from distill.export.hf_dirs import write_hf_dirs
 from distill.export.onnx_graph import (
     PARITY_EXAMPLES,
@@ -86,9 +79,9 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         if parity > spec.parity_tolerance:
             raise DistillError(f"export of {model_dir}: ONNX fp32 differs from PyTorch by {parity:.2e} "
                                f"(> export.parity_tolerance {spec.parity_tolerance:.0e})")
-        per_token = spec.int8 and "dynamic" in spec.quantization and spec.int8_activations == "per_token"
-        per_token_sources = per_token_graphs(dict(_by_task(fp32_path)), unfused, fusions,
-                                             spec.int8_embeddings != "per_row") if per_token else {}
+        per_token = spec.dynamic_int8_activations() == "per_token"
+        per_token_sources = _per_token_sources(model, dict(_by_task(fp32_path)), unfused, fusions, spec, tasks,
+                                               pad_id) if per_token else {}
         torch_dev = primary_scores(tasks, evaluate(torch_forward(model), tasks, "dev", pad_id, desc="torch dev"))
         torch_test = split_predictions(torch_forward(model), tasks, "test", pad_id)
         fp32_test = split_predictions(fp32, tasks, "test", pad_id)
@@ -116,9 +109,11 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                     graph = "fused"
                     if mode == "static":  # QDQ has no fused Attention: the unfused graph, fused by the runtime
                         source, graph = unfused[task], "unfused (static QDQ)"
-                    elif per_token and per_token_sources[task] != fp32_source:
-                        source, graph = per_token_sources[task], "fused, MultiHeadAttention (per-token int8)"
-                        graph_ops[task or "model"] = fused_op_counts(_load_graph(source))
+                    elif per_token and per_token_sources[task][0] != fp32_source:
+                        source, fused_apart = per_token_sources[task]
+                        graph = "fused, MultiHeadAttention (per-token int8)" if fused_apart.fused else \
+                            f"unfused (per-token int8: {fused_apart.note})"
+                        graph_ops[task or "model"] = fused_apart.ops
                 if found and searched_in[task] != source:
                     found = (matching_nodes(searched_in[task], source, found[0]), found[1])
                 kept, search = quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id, found)
@@ -159,7 +154,8 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 "int8-static" if spec.int8 else "fp32")
             hf_dirs = write_hf_dirs(tmp, model_dir, _graph_files(tmp, precision, model, spec.graphs), read_tasks(tmp))
             log.info("%s: Hugging Face directories (%s) in %s/", model_dir.name, precision, HF_DIR)
-        for path in [*unfused.values(), *tmp.glob(f"*{PER_TOKEN_GRAPH_SUFFIX}")]:
+        refitted = [path for task, (path, _) in per_token_sources.items() if path != dict(_by_task(fp32_path))[task]]
+        for path in [*unfused.values(), *refitted]:
             path.unlink(missing_ok=True)
         if not spec.fp32:
             for _, path in _by_task(fp32_path):
@@ -179,10 +175,25 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
     return manifest
 
 
-def _load_graph(path: Path) -> Any:
-    import onnx
-
-    return onnx.load(str(path), load_external_data=False)
+def _per_token_sources(model: MultiTaskModel, graphs: dict[str | None, Path], unfused: dict[str | None, Path],
+                       fusions: dict[str | None, Fusion], spec: ExportSpec, tasks: list[TaskData],
+                       pad_id: int) -> dict[str | None, tuple[Path, Fusion]]:
+    """The graphs per-token int8 quantizes (see `per_token_graphs`), held to the fp32 parity tolerance against
+    PyTorch like the fp32 model; where the refitted graphs miss it, the unfused copies."""
+    sources = per_token_graphs(graphs, unfused, fusions, spec.int8_embeddings != "per_row")
+    refitted = [task for task, (path, _) in sources.items() if path not in (graphs[task], unfused[task])]
+    if not refitted:
+        return sources
+    paths = {task: path for task, (path, _) in sources.items()}
+    forward = OnnxForward(paths.get(None, paths), optimization_level=spec.optimization_level)
+    parity = fp32_parity(model, forward, tasks, pad_id)
+    if parity > spec.parity_tolerance:
+        note = f"MultiHeadAttention logits differ from PyTorch by {parity:.2e}"
+        log.warning("%s: %s; per-token int8 quantizes the unfused graphs", model.encoder.config.model_type, note)
+        for task in refitted:
+            sources[task][0].unlink()
+            sources[task] = (unfused[task], Fusion(False, {}, note))
+    return sources
 
 
 def _graph_files(directory: Path, precision: str, model: MultiTaskModel, graphs: str) -> Path | dict[str, Path]:

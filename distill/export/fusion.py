@@ -36,7 +36,6 @@ OPTIMIZER_MODEL_TYPE = "bert"  # the fusion patterns of every family distill exp
 # ranking treat it as one weight product; it can leave int8 only whole, so the fallback search takes it only with
 # int8_fallback: fp32
 FUSED_ATTENTION = "Attention"
-PER_TOKEN_GRAPH_SUFFIX = ".mha.onnx"  # the fp32 graph per-token int8 is quantized from, while the export runs
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
              "Gelu", "FastGelu", "LayerNormalization", "SkipSimplifiedLayerNormalization", "RotaryEmbedding")
 
@@ -111,21 +110,47 @@ def _attention_units(path: Path) -> list[list[str]]:
 
 
 def per_token_graphs(graphs: dict[str | None, Path], unfused: dict[str | None, Path],
-                     fusions: dict[str | None, Fusion], fuse_embeddings: bool) -> dict[str | None, Path]:
-    """The graphs per-token int8 quantizes (see `distill.export.per_token`): a graph whose attention fused into
-    `Attention` (whose int8 form takes one scale per tensor) is fused again from its unfused copy with
-    `MultiHeadAttention` instead, the Q, K and V projections left as weight MatMuls before it
-    (`<stem>.mha.onnx`, removed with the unfused copies); the others as they are."""
+                     fusions: dict[str | None, Fusion], fuse_embeddings: bool) -> dict[str | None, tuple[Path, Fusion]]:
+    """The graph per-token int8 quantizes for each fp32 graph (see `distill.export.per_token`), and what fused in
+    it: a graph whose attention fused into `Attention` (whose int8 form takes one scale per tensor) is fused again
+    from its unfused copy with `MultiHeadAttention` instead, the Q, K and V projections left as weight MatMuls
+    before it (a new file beside it, `<stem>.per-token.onnx`, for the caller to remove); where that does not fuse,
+    the unfused copy; the others as they are."""
     sources = {}
     for task, path in graphs.items():
-        fusion = fusions.get(task)
-        if fusion is None or not fusion.fused or not fusion.ops.get(FUSED_ATTENTION):
-            sources[task] = path
+        fusion = fusions.get(task) or Fusion(False, {}, "export.fuse is false")
+        if not fusion.fused or not fusion.ops.get(FUSED_ATTENTION):
+            sources[task] = (path, fusion)
             continue
-        target = path.with_name(f"{path.stem}{PER_TOKEN_GRAPH_SUFFIX}")
-        sources[task] = target if fuse_graph(unfused[task], target, fuse_embeddings, projections=True).fused \
-            else unfused[task]
+        target = path.with_name(f"{path.stem}.per-token.onnx")
+        apart = fuse_graph(unfused[task], target, fuse_embeddings, projections=True)
+        sources[task] = (target, apart) if apart.fused else (unfused[task], apart)
     return sources
+
+
+def attention_projections(model_path: Path, names: list[str]) -> list[str]:
+    """`names` with each `MultiHeadAttention` node among them replaced by the weight MatMuls that make its query,
+    key and value (through a bias Add, if any): what keeping that attention in fp32 means in a per-token graph."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    kinds = {node.name: node for node in graph.node}
+    expanded: list[str] = []
+    for name in names:
+        node = kinds.get(name)
+        if node is None or node.op_type != "MultiHeadAttention":
+            expanded.append(name)
+            continue
+        for tensor in node.input[:3]:
+            source = producers.get(tensor)
+            if source is not None and source.op_type == "Add":
+                source = next((producers[i] for i in source.input if i in producers
+                               and producers[i].op_type == "MatMul"), None)
+            if source is not None and source.op_type == "MatMul" and source.input[1] in weights:
+                expanded.append(source.name)
+    return list(dict.fromkeys(expanded))
 
 
 def fuse_graph(source: Path, target: Path, fuse_embeddings: bool, projections: bool = False) -> Fusion:

@@ -125,8 +125,10 @@ def quantize_per_token(source: Path, target: Path, exclude: list[str], only: lis
         nodes += replaced.get(id(node), [node])
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
-    kept = [i for i in graph.initializer if i.name in used]
+    # the float weights of the replaced products go, unless something else still reads them
+    replaced_weights = {node.input[1] for node in chosen}
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name not in replaced_weights or i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     onnx.save(model, str(target))

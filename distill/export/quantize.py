@@ -20,6 +20,7 @@ from distill.data.evaluation import ForwardFn, predict
 from distill.data.tasks import EncodedSplit, TaskData
 from distill.export.agreement import expected_agreement, label_agreement
 from distill.export.embeddings import embedding_gathers, quantize_embedding_rows
+from distill.export.fusion import attention_projections
 from distill.export.int8_search import (
     FallbackSearch,
     block_int8_matmuls,
@@ -45,6 +46,7 @@ SHORTLIST_PER_NODE = 2
 # least this share of the distance from the int8_fallback result to it (quick demo's l3: 0.9931 -> 0.9934 against a
 # 0.9975 target, for 4 fp32 nodes and 0.5 ms, was not worth it; the full demo's teacher: 0.9947 -> 0.9970 was)
 FP32_SHARE_OF_GAP = 0.5
+TABLE_OPS = ["Gather", "EmbedLayerNormalization"]  # embedding tables, as onnxruntime's dynamic int8 stores them
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool, reduce_range: bool,
@@ -116,6 +118,7 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
 
     source = prepared.path
     split = int8_path.with_name(f"{int8_path.stem}.split.onnx")
+    tables_first = int8_path.with_name(f"{int8_path.stem}.tables.onnx")
     if fallback == "outliers":
         assert outliers is not None or not fallback_nodes, "fallback outliers needs the channels of each node"
         small: list[str] = []
@@ -137,10 +140,11 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
     try:
         with logger_level(logging.WARNING):  # onnxruntime's quantizer logs a line per tensor
             if mode == "dynamic" and activations == "per_token":
+                if embeddings == "per_tensor" and only_nodes is None:  # onnxruntime's tables first, one scale each
+                    quantize_dynamic(str(source), str(tables_first), op_types_to_quantize=TABLE_OPS,
+                                     weight_type=QuantType.QInt8, extra_options=untyped, nodes_to_exclude=excluded)
+                    source = tables_first
                 quantize_per_token(source, int8_path, excluded, only_nodes, per_channel, reduce_range)
-                if embeddings == "per_tensor" and only_nodes is None:  # onnxruntime's tables, one scale each
-                    quantize_dynamic(str(int8_path), str(int8_path), op_types_to_quantize=["Gather"],
-                                     weight_type=QuantType.QInt8, extra_options=untyped)
             elif mode == "dynamic":
                 quantize_dynamic(str(source), str(int8_path), weight_type=QuantType.QInt8, extra_options=untyped,
                                  **common)
@@ -163,6 +167,7 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
             block_int8_matmuls(int8_path, fallback_nodes)
     finally:
         split.unlink(missing_ok=True)
+        tables_first.unlink(missing_ok=True)
         for leftover in int8_path.parent.glob("*augmented*.onnx"):
             leftover.unlink()
 
@@ -173,8 +178,9 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
     """One int8 graph; with `export.int8_min_agreement`, the fallback search on dev (see int8_search),
     unless another mode's search `found` the nodes (and what they became) already. Returns the keep_fp32 nodes
     and the search."""
-    kept = fp32_node_names(source, spec.keep_fp32)
     activations = spec.int8_activations if mode == "dynamic" else "per_tensor"
+    # in a per-token graph a fused attention's name (Attention_N) is its MultiHeadAttention: its Q/K/V MatMuls
+    kept = attention_projections(source, fp32_node_names(source, spec.keep_fp32))
     fp32_anyway = set(kept) | set([] if spec.int8_heads else head_nodes(source))
     need_outliers = (found[1] == "outliers" and bool(found[0])) if found is not None else \
         spec.int8_fallback == "outliers" and spec.int8_min_agreement is not None

@@ -22,8 +22,10 @@ class ExportSpec(Strict):
     fuse: bool = Field(
         default=True, description="fuse each fp32 graph with onnxruntime's transformer optimizer first (Attention, "
                                   "SkipLayerNormalization, BiasGelu, and EmbedLayerNormalization unless "
-                                  "int8_embeddings is per_row): the fused graph is the fp32 model and the source of "
-                                  "dynamic int8 (QAttention); static int8 quantizes the unfused graph, whose QDQ "
+                                  "int8_embeddings is per_row): the fused graph is the fp32 model; per-token "
+                                  "dynamic int8 quantizes the same fusions with MultiHeadAttention after the Q/K/V "
+                                  "MatMuls (per-tensor: the fused graph, QAttention); static int8 quantizes the "
+                                  "unfused graph, whose QDQ "
                                   "products onnxruntime fuses itself when a session opens. A graph whose fused "
                                   "logits differ from PyTorch by more than parity_tolerance ships unfused; the "
                                   "manifest counts the fused operators per graph")
@@ -89,6 +91,11 @@ class ExportSpec(Strict):
     opset: int = Field(default=17, ge=14)
     parity_tolerance: float = Field(default=1e-4, gt=0)
     max_int8_drop: float | None = Field(default=None, ge=0, description="fail when int8 loses more dev score")
+
+    def dynamic_int8_activations(self) -> str:
+        """The activation scales of the dynamic int8 graph, or per_tensor where none is built (static int8's fixed
+        scales are one per tensor too): what QAT of a Linear's input simulates."""
+        return self.int8_activations if self.int8 and "dynamic" in self.quantization else "per_tensor"
 
     @field_validator("keep_fp32")
     @classmethod
