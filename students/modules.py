@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INT8_MAX = 127  # symmetric int8 weights: [-127, 127]
-INT8_MAX_REDUCED = 64  # onnxruntime's reduce_range for int8 weights: [-64, 64]
+from distill.core.int8_presets import INT8_MAX, INT8_MAX_REDUCED
+
 UINT8_MAX = 255
 
 
@@ -39,7 +39,7 @@ def fake_quant_uint8(values: torch.Tensor) -> torch.Tensor:
 def fake_quant_tokens(values: torch.Tensor) -> torch.Tensor:
     """Symmetric int8 round trip with one scale per token (row of the last axis), as the export's per-token
     dynamic int8 quantizes a Linear's input (see distill.export.per_token); straight-through gradient."""
-    scale = (values.detach().abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp_min(1e-12)
+    scale = values.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / INT8_MAX
     return values + ((values / scale).round().clamp(-INT8_MAX - 1, INT8_MAX) * scale - values).detach()
 
 

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distill.core.int8_presets import INT8_MAX, INT8_MAX_REDUCED
+
 if TYPE_CHECKING:
     import onnx
 
-INT8_MAX = 127
-INT8_MAX_REDUCED = 64  # onnxruntime's reduce_range for int8 weights: 7 bits, no u8 x s8 pair sum saturates
 ACTIVATION_ZERO_POINT = 128  # symmetric values in uint8, the operand type every x86 int8 kernel takes
 SCALE_FLOOR = 1e-12  # an all-zero token keeps a finite scale
 

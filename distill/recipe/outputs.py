@@ -37,9 +37,10 @@ class ExportSpec(Strict):
         default="per_token", description="activation scales of dynamic int8: per_token (each token's row quantized "
                                          "by its own max |x|, symmetric: a few large tokens no longer coarsen the "
                                          "rest, and an example's labels do not depend on the batch it runs in; the "
-                                         "graph is fused without the Attention operator, whose int8 form takes one "
-                                         "scale) or per_tensor (onnxruntime's DynamicQuantizeLinear, one scale per "
-                                         "tensor and batch, with the fused QAttention)")
+                                         "graph is fused with MultiHeadAttention after the Q/K/V MatMuls, since "
+                                         "Attention's int8 form takes one scale) or per_tensor (onnxruntime's "
+                                         "DynamicQuantizeLinear, one scale per tensor and batch, with the fused "
+                                         "QAttention)")
     per_channel: bool = Field(default=True, description="int8 weights with one scale per output channel (a "
                                                         "column whose values are small keeps its precision)")
     keep_fp32: list[str] = Field(
