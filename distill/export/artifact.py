@@ -80,8 +80,8 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             raise DistillError(f"export of {model_dir}: ONNX fp32 differs from PyTorch by {parity:.2e} "
                                f"(> export.parity_tolerance {spec.parity_tolerance:.0e})")
         per_token = spec.dynamic_int8_activations() == "per_token"
-        per_token_sources = _per_token_sources(model, dict(_by_task(fp32_path)), unfused, fusions, spec, tasks,
-                                               pad_id) if per_token else {}
+        per_token_sources = _per_token_sources(model_dir.name, model, dict(_by_task(fp32_path)), unfused, fusions,
+                                               spec, tasks, pad_id) if per_token else {}
         torch_dev = primary_scores(tasks, evaluate(torch_forward(model), tasks, "dev", pad_id, desc="torch dev"))
         torch_test = split_predictions(torch_forward(model), tasks, "test", pad_id)
         fp32_test = split_predictions(fp32, tasks, "test", pad_id)
@@ -175,9 +175,9 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
     return manifest
 
 
-def _per_token_sources(model: MultiTaskModel, graphs: dict[str | None, Path], unfused: dict[str | None, Path],
-                       fusions: dict[str | None, Fusion], spec: ExportSpec, tasks: list[TaskData],
-                       pad_id: int) -> dict[str | None, tuple[Path, Fusion]]:
+def _per_token_sources(name: str, model: MultiTaskModel, graphs: dict[str | None, Path],
+                       unfused: dict[str | None, Path], fusions: dict[str | None, Fusion], spec: ExportSpec,
+                       tasks: list[TaskData], pad_id: int) -> dict[str | None, tuple[Path, Fusion]]:
     """The graphs per-token int8 quantizes (see `per_token_graphs`), held to the fp32 parity tolerance against
     PyTorch like the fp32 model; where the refitted graphs miss it, the unfused copies."""
     sources = per_token_graphs(graphs, unfused, fusions, spec.int8_embeddings != "per_row")
@@ -189,7 +189,7 @@ def _per_token_sources(model: MultiTaskModel, graphs: dict[str | None, Path], un
     parity = fp32_parity(model, forward, tasks, pad_id)
     if parity > spec.parity_tolerance:
         note = f"MultiHeadAttention logits differ from PyTorch by {parity:.2e}"
-        log.warning("%s: %s; per-token int8 quantizes the unfused graphs", model.encoder.config.model_type, note)
+        log.warning("%s: %s; per-token int8 quantizes the unfused graphs", name, note)
         for task in refitted:
             sources[task][0].unlink()
             sources[task] = (unfused[task], Fusion(False, {}, note))
