@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from distill.bench.report import reference_teacher
+from distill.bench.report import kept_layers, reference_teacher
 from distill.core.fileio import atomic_write_text
 from distill.core.manifest import fallback_node_count, read_manifest, read_tasks
 from distill.demo.assets import DEMO_HUB_IDS
@@ -102,8 +102,8 @@ def _structure(report: dict[str, Any], artifact: str, teacher: dict[str, Any]) -
     built = next((m.get("student") for m in report["models"] if m["name"] == artifact and m.get("student")), None)
     teacher_params = (reference_teacher(report["models"]) or {}).get("params")
     init = (built or {}).get("init_from")
-    kept_layers = init["layers"] if init else (built or {}).get("teacher_layers", [])
-    rows = [("layers", teacher.get("layers"), len(kept_layers) if built else None),
+    layers = kept_layers(built or {})
+    rows = [("layers", teacher.get("layers"), len(layers) if built else None),
             ("hidden size", teacher.get("hidden"), built.get("hidden_size") if built else None),
             ("attention heads", teacher.get("heads"), built.get("attention_heads") if built else None),
             ("FFN width", teacher.get("ffn"), built.get("ffn") if built else None),
@@ -115,7 +115,7 @@ def _structure(report: dict[str, Any], artifact: str, teacher: dict[str, Any]) -
     else:
         origin = (f"Initialised from {DEMO_HUB_IDS.get(init['model'], init['model'])} (not the teacher), its layers"
                   if init else "Teacher layers kept:")
-        lines += [f"{origin} {', '.join(str(i) for i in kept_layers)}"
+        lines += [f"{origin} {', '.join(str(i) for i in layers)}"
                   + (f"; word embeddings trained at {built['embedding_bits']} bits"
                      if built.get("embedding_bits") else "")
                   + (f"; QAT in the last {built['qat']['epochs']} epoch(s)" if built.get("qat") else "") + ".", "",

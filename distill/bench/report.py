@@ -273,8 +273,13 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> None:
     atomic_write_text(out_dir / "report.html", render_html(report, (out_dir / PLOT_FILE).read_bytes()))
 
 
-def _layers_kept(built: dict[str, Any]) -> str:
-    """The teacher layers a student kept, or (`init: ...`) the layers of the encoder it was initialised from."""
+def kept_layers(built: dict[str, Any]) -> list[int]:
+    """The teacher layers a student kept, or the layers of the encoder it was initialised from (`init_from`)."""
     init = built.get("init_from")
-    layers = ",".join(str(i) for i in (init["layers"] if init else built.get("teacher_layers", [])))
-    return f"init: {layers}" if init else layers
+    return init["layers"] if init else built.get("teacher_layers", [])
+
+
+def _layers_kept(built: dict[str, Any]) -> str:
+    """`kept_layers` for the students' table: `init: ...` for a student initialised from another encoder."""
+    layers = ",".join(str(i) for i in kept_layers(built))
+    return f"init: {layers}" if built.get("init_from") else layers

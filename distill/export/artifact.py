@@ -58,17 +58,18 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
     level = spec.optimization_level
     with atomic_directory(out_dir) as tmp:
         fp32_path = _graph_files(tmp, "fp32", model, spec.graphs)
-        for task, path in _by_task(fp32_path):
+        fp32_graphs = dict(_by_task(fp32_path))
+        for task, path in fp32_graphs.items():
             export_onnx(model, path, spec.opset, task)
-        unfused = {task: path.with_name(f"{path.stem}.unfused.onnx") for task, path in _by_task(fp32_path)}
-        fusions = fuse_graphs(dict(_by_task(fp32_path)), unfused, spec.int8_embeddings != "per_row") \
+        unfused = {task: path.with_name(f"{path.stem}.unfused.onnx") for task, path in fp32_graphs.items()}
+        fusions = fuse_graphs(fp32_graphs, unfused, spec.int8_embeddings != "per_row") \
             if spec.fuse else {}
         fp32 = OnnxForward(fp32_path, optimization_level=level)
         parity = fp32_parity(model, fp32, tasks, pad_id)
         if parity > spec.parity_tolerance and any(f.fused for f in fusions.values()):
             reason = f"fused logits differ from PyTorch by {parity:.2e} (> export.parity_tolerance " \
                      f"{spec.parity_tolerance:.0e})"
-            fusions = unfuse_graphs(dict(_by_task(fp32_path)), unfused, reason)
+            fusions = unfuse_graphs(fp32_graphs, unfused, reason)
             log.warning("%s: %s; the graphs ship unfused", model_dir.name, next(iter(fusions.values())).note)
             fp32 = OnnxForward(fp32_path, optimization_level=level)
             parity = fp32_parity(model, fp32, tasks, pad_id)
@@ -80,8 +81,8 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             raise DistillError(f"export of {model_dir}: ONNX fp32 differs from PyTorch by {parity:.2e} "
                                f"(> export.parity_tolerance {spec.parity_tolerance:.0e})")
         per_token = spec.dynamic_int8_activations() == "per_token"
-        per_token_sources = _per_token_sources(model_dir.name, model, dict(_by_task(fp32_path)), unfused, fusions,
-                                               spec, tasks, pad_id) if per_token else {}
+        per_token_sources = _per_token_sources(model_dir.name, model, fp32_graphs, unfused, fusions, spec, tasks,
+                                               pad_id) if per_token else {}
         torch_dev = primary_scores(tasks, evaluate(torch_forward(model), tasks, "dev", pad_id, desc="torch dev"))
         torch_test = split_predictions(torch_forward(model), tasks, "test", pad_id)
         fp32_test = split_predictions(fp32, tasks, "test", pad_id)
@@ -154,7 +155,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 "int8-static" if spec.int8 else "fp32")
             hf_dirs = write_hf_dirs(tmp, model_dir, _graph_files(tmp, precision, model, spec.graphs), read_tasks(tmp))
             log.info("%s: Hugging Face directories (%s) in %s/", model_dir.name, precision, HF_DIR)
-        refitted = [path for task, (path, _) in per_token_sources.items() if path != dict(_by_task(fp32_path))[task]]
+        refitted = [path for task, (path, _) in per_token_sources.items() if path != fp32_graphs[task]]
         for path in [*unfused.values(), *refitted]:
             path.unlink(missing_ok=True)
         if not spec.fp32:

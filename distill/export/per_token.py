@@ -16,9 +16,9 @@ onnxruntime's `MatMulIntegerToFloat` (com.microsoft) runs the integer product in
 where the CPU has them) and scales each output row by its token's s and each column by its weight scale; the
 extra work is a few element-wise operators per input. On the quick demo's teacher: sentiment test labels equal
 to fp32's on 99.5 % (every MatMul int8, no search) against 99.0 % with per-tensor scales after the fallback
-search, and labels that no longer change with the batch size. onnxruntime's fused `Attention` takes a float
-input (its int8 form, `QAttention`, one scale per tensor), so the graph this quantizes is fused without it (see
-`distill.export.fusion`)."""
+search, and labels that no longer change with the batch size. onnxruntime's fused `Attention` holds the Q, K
+and V products (its int8 form, `QAttention`, takes one scale per tensor), so the graph this quantizes is fused
+with `MultiHeadAttention` after them instead (see `distill.export.fusion.per_token_graphs`)."""
 
 from __future__ import annotations
 
