@@ -95,8 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--precision", default="int8", choices=["fp32", "int8", "int8-static"])
     predict.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     predict.add_argument("--batch-size", type=int, help="texts per forward pass (default: 16; for dynamic "
-                         "int8 with export.int8_activations: per_tensor, the batch size the export checked it "
-                         "at, 1 unless export.check_batch_size)")
+                         "int8 with per-tensor activations (the manifest's checks.int8.dynamic.activations), the "
+                         "batch size the export checked it at, 1 unless export.check_batch_size)")
     predict.add_argument("--task", action="append", dest="tasks", metavar="NAME",
                          help="only this task (repeatable; default: every task of the artifact)")
     predict.add_argument("--no-verify", action="store_true", help=NO_VERIFY_HELP)

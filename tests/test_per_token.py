@@ -96,14 +96,56 @@ def per_token_export(trained_run, tiny_base, tmp_path_factory):
     tokenizer = load_tokenizer(tiny_base)
     encode_tasks(tasks, tokenizer, recipe.max_length)
     out = tmp_path_factory.mktemp("per-token") / "a"
-    spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=0.99, int8_max_fallback_nodes=1,
-                      int8_fallback="fp32", calibration_examples=8)
+    spec = ExportSpec(quantization=["dynamic", "static"], int8_activations="per_token", int8_min_agreement=0.99,
+                      int8_max_fallback_nodes=1, int8_fallback="fp32", calibration_examples=8)
     try:
         manifest = export_artifact(trained_run / "out" / "students" / "s2", out, tasks, spec, recipe.max_length,
                                    tokenizer.pad_token_id)
     finally:
         patch.undo()
     return out, manifest
+
+
+def test_auto_takes_per_tensor_where_every_product_in_int8_reaches_the_target_and_per_token_elsewhere(
+        trained_run, tiny_base, tmp_path, monkeypatch):
+    import distill.export.artifact as exporter
+
+    recipe = load_recipe(trained_run / "recipe.yaml")
+    tasks = load_tasks(recipe)
+    tokenizer = load_tokenizer(tiny_base)
+    encode_tasks(tasks, tokenizer, recipe.max_length)
+    student = trained_run / "out" / "students" / "s2"
+    measured = []
+
+    def per_tensor_agrees(share):
+        def agreement(tasks, *_):
+            measured.append(share)
+            return dict.fromkeys((t.info.name for t in tasks), share)
+        return agreement
+
+    monkeypatch.setattr(exporter, "expected_agreement", per_tensor_agrees(0.995))
+    spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=0.99, calibration_examples=8)
+    assert spec.int8_activations == "auto"
+    manifest = export_artifact(student, tmp_path / "a", tasks, spec, recipe.max_length, tokenizer.pad_token_id)
+    dynamic, static = manifest["checks"]["int8"]["dynamic"], manifest["checks"]["int8"]["static"]
+    assert dynamic["activations"] == "per_tensor" and dynamic["graph"] == "fused"
+    assert dynamic["activations_auto"] == {"chose": "per_tensor", "measure": "expected", "target": 0.99,
+                                           "per_tensor_dev_agreement": dict.fromkeys(("sentiment", "ner"), 0.995)}
+    assert "fallback_search" not in dynamic and dynamic["fp32_nodes"] == 0, "every product int8, no search"
+    assert static["fallback_search"]["model"] == {"nodes": [], "fallback": "outliers", "searched_in": "dynamic"}
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "a" / "model.int8.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "MatMulIntegerToFloat" not in ops
+    assert not list((tmp_path / "a").glob("*.auto.onnx")), "the trial graph is gone"
+    assert Predictor(tmp_path / "a").batch_size == 1, "per-tensor labels hold at the batch size checked"
+
+    monkeypatch.setattr(exporter, "expected_agreement", per_tensor_agrees(0.98))
+    manifest = export_artifact(student, tmp_path / "b", tasks, spec.model_copy(update={"quantization": ["dynamic"]}),
+                               recipe.max_length, tokenizer.pad_token_id)
+    dynamic = manifest["checks"]["int8"]["dynamic"]
+    assert dynamic["activations"] == "per_token" and dynamic["activations_auto"]["chose"] == "per_token"
+    assert dynamic["activations_auto"]["per_tensor_dev_agreement"]["ner"] == 0.98
+    assert "MatMulIntegerToFloat" in {n.op_type for n in onnx.load(str(tmp_path / "b" / "model.int8.onnx")).graph.node}
+    assert "fallback_search" in dynamic, "per token is searched as before"
 
 
 def test_the_default_int8_quantizes_a_graph_fused_with_its_projections_apart_per_token(per_token_export):
@@ -222,6 +264,7 @@ def test_a_refitted_graph_that_changes_the_logits_leaves_per_token_int8_the_unfu
     manifest = export_artifact(trained_run / "out" / "students" / "s2", out, tasks,
                                ExportSpec(int8_min_agreement=None), recipe.max_length, tokenizer.pad_token_id)
     dynamic = manifest["checks"]["int8"]["dynamic"]
+    assert dynamic["activations_auto"] == {"chose": "per_token", "why": "no export.int8_min_agreement"}
     assert dynamic["graph"].startswith("unfused (per-token int8: MultiHeadAttention logits differ from PyTorch")
     assert manifest["fusion"]["model"]["fused"], "the fp32 model stays fused"
     assert not list(out.glob("*per-token*")) and not list(out.glob("*unfused*"))

@@ -80,7 +80,12 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         if parity > spec.parity_tolerance:
             raise DistillError(f"export of {model_dir}: ONNX fp32 differs from PyTorch by {parity:.2e} "
                                f"(> export.parity_tolerance {spec.parity_tolerance:.0e})")
-        per_token = spec.dynamic_int8_activations() == "per_token"
+        auto = _auto_activations(model_dir.name, fp32_path, tmp, model, spec, preset, tasks, pad_id, fp32) \
+            if spec.int8 and "dynamic" in spec.quantization and spec.int8_activations == "auto" else None
+        # where auto chose per_tensor, its every-product-int8 graph is the model: no search
+        dynamic_spec = spec if auto is None else spec.model_copy(update={"int8_activations": auto["chose"]} | (
+            {"int8_min_agreement": None} if auto["chose"] == "per_tensor" else {}))
+        per_token = dynamic_spec.dynamic_int8_activations() == "per_token"
         per_token_sources = _per_token_sources(model_dir.name, model, fp32_graphs, unfused, fusions, spec, tasks,
                                                pad_id) if per_token else {}
         torch_dev = primary_scores(tasks, evaluate(torch_forward(model), tasks, "dev", pad_id, desc="torch dev"))
@@ -117,7 +122,15 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                         graph_ops[task or "model"] = fused_apart.ops
                 if found and searched_in[task] != source:
                     found = (matching_nodes(searched_in[task], source, found[0]), found[1])
-                kept, search = quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id, found)
+                if mode == "dynamic" and dynamic_spec is not spec:
+                    found = None if auto["chose"] == "per_tensor" else found
+                    kept, search = quantize_graph(source, target, mode, dynamic_spec, preset, feeds, graph_tasks,
+                                                  pad_id, found)
+                    if auto["chose"] == "per_tensor":  # the modes after it take no node out either
+                        fallbacks[task], searched_in[task] = ([], spec.int8_fallback), source
+                else:
+                    kept, search = quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id,
+                                                  found)
                 excluded += kept
                 if search is not None:
                     searches[task or "model"] = search.as_dict()
@@ -132,7 +145,8 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
             checks["int8"][mode] = {
                 "files": [p.name for _, p in _by_task(int8_path)], "graph": graph,
                 **({"fused_ops": graph_ops} if graph_ops else {}),
-                **({"activations": spec.int8_activations} if mode == "dynamic" else {}),
+                **({"activations": dynamic_spec.int8_activations} if mode == "dynamic" else {}),
+                **({"activations_auto": auto} if mode == "dynamic" and auto is not None else {}),
                 "per_channel": spec.per_channel,
                 "fp32_nodes": len(excluded), "embeddings": spec.int8_embeddings,
                 **({"word_embedding_bits": word_bits} if spec.int8_embeddings == "per_row" else {}),
@@ -195,6 +209,42 @@ def _per_token_sources(name: str, model: MultiTaskModel, graphs: dict[str | None
             sources[task][0].unlink()
             sources[task] = (unfused[task], Fusion(False, {}, note))
     return sources
+
+
+def _auto_activations(name: str, fp32_graphs: Path | dict[str, Path], directory: Path, model: MultiTaskModel,
+                      spec: ExportSpec, preset: dict[str, Any], tasks: list[TaskData], pad_id: int,
+                      fp32: OnnxForward) -> dict[str, Any]:
+    """`export.int8_activations: auto`: per_tensor where its dynamic int8 graph, with every weight product in int8
+    (keep_fp32 and the heads aside), reaches int8_min_agreement on every task's dev split at check_batch_size;
+    otherwise per_token. Per tensor takes fewer operators (one DynamicQuantizeLinear per input, the fused
+    QAttention) and is faster at batch 1; per token holds more models to the target and any batch to the labels
+    checked. Returns the choice and what it rests on, for the manifest."""
+    if spec.int8_min_agreement is None:
+        log.info("%s: int8_activations auto: per_token (no int8_min_agreement to hold per_tensor to)", name)
+        return {"chose": "per_token", "why": "no export.int8_min_agreement"}
+    trial_spec = spec.model_copy(update={"int8_activations": "per_tensor", "int8_min_agreement": None})
+    trial = _graph_files(directory, "int8", model, spec.graphs)
+    trial = {t: p.with_name(f"{p.stem}.auto.onnx") for t, p in trial.items()} if isinstance(trial, dict) else \
+        trial.with_name(f"{trial.stem}.auto.onnx")
+    try:
+        for (task, source), (_, target) in zip(_by_task(fp32_graphs), _by_task(trial), strict=True):
+            graph_tasks = [t for t in tasks if task is None or t.info.name == task]
+            quantize_graph(source, target, "dynamic", trial_spec, preset, None, graph_tasks, pad_id)
+        batch = spec.check_batch_size
+        dev_fp32 = split_predictions(fp32, tasks, "dev", pad_id, batch)
+        dev_int8 = split_predictions(OnnxForward(trial, optimization_level=spec.optimization_level), tasks, "dev",
+                                     pad_id, batch)
+    finally:
+        for _, path in _by_task(trial):
+            path.unlink(missing_ok=True)
+    agreement = label_agreement(tasks, "dev", dev_int8, dev_fp32) if spec.int8_agreement == "labels" else \
+        expected_agreement(tasks, "dev", dev_fp32, dev_int8)
+    chose = "per_tensor" if min(agreement.values()) >= spec.int8_min_agreement else "per_token"
+    log.info("%s: int8_activations auto: per-tensor int8 with every product in int8 agrees with fp32 on %s of dev "
+             "(%s), %s %s: %s", name, ", ".join(f"{t} {a:.4f}" for t, a in agreement.items()), spec.int8_agreement,
+             "reaching" if chose == "per_tensor" else "below", spec.int8_min_agreement, chose)
+    return {"chose": chose, "per_tensor_dev_agreement": agreement, "measure": spec.int8_agreement,
+            "target": spec.int8_min_agreement}
 
 
 def _graph_files(directory: Path, precision: str, model: MultiTaskModel, graphs: str) -> Path | dict[str, Path]:

@@ -33,14 +33,17 @@ class ExportSpec(Strict):
         default="combined", description="one graph with every task's logits as a named output, or one graph per task")
     quantization: list[Literal["dynamic", "static"]] = Field(
         default=["dynamic"], description="int8 modes: dynamic (weights only) and/or static (calibrated, QDQ)")
-    int8_activations: Literal["per_token", "per_tensor"] = Field(
-        default="per_token", description="activation scales of dynamic int8: per_token (each token's row quantized "
-                                         "by its own max |x|, symmetric: a few large tokens no longer coarsen the "
-                                         "rest, and an example's labels do not depend on the batch it runs in; the "
-                                         "graph is fused with MultiHeadAttention after the Q/K/V MatMuls, since "
-                                         "Attention's int8 form takes one scale) or per_tensor (onnxruntime's "
-                                         "DynamicQuantizeLinear, one scale per tensor and batch, with the fused "
-                                         "QAttention)")
+    int8_activations: Literal["auto", "per_token", "per_tensor"] = Field(
+        default="auto", description="activation scales of dynamic int8: per_token (each token's row quantized "
+                                    "by its own max |x|, symmetric: a few large tokens no longer coarsen the "
+                                    "rest, and an example's labels do not depend on the batch it runs in; the "
+                                    "graph is fused with MultiHeadAttention after the Q/K/V MatMuls, since "
+                                    "Attention's int8 form takes one scale), per_tensor (onnxruntime's "
+                                    "DynamicQuantizeLinear, one scale per tensor and batch, with the fused "
+                                    "QAttention: fewer operators, faster at batch 1, labels that depend on the "
+                                    "batch) or auto (per_tensor where its graph with every product in int8 reaches "
+                                    "int8_min_agreement on dev at check_batch_size, otherwise per_token; "
+                                    "per_token without a target)")
     per_channel: bool = Field(default=True, description="int8 weights with one scale per output channel (a "
                                                         "column whose values are small keeps its precision)")
     keep_fp32: list[str] = Field(
@@ -95,8 +98,11 @@ class ExportSpec(Strict):
 
     def dynamic_int8_activations(self) -> str:
         """The activation scales of the dynamic int8 graph, or per_tensor where none is built (static int8's fixed
-        scales are one per tensor too): what QAT of a Linear's input simulates."""
-        return self.int8_activations if self.int8 and "dynamic" in self.quantization else "per_tensor"
+        scales are one per tensor too): what QAT of a Linear's input simulates. `auto` is decided per model at
+        export; QAT simulates per_token for it, the finer scheme it falls back to."""
+        if not (self.int8 and "dynamic" in self.quantization):
+            return "per_tensor"
+        return "per_token" if self.int8_activations == "auto" else self.int8_activations
 
     @field_validator("keep_fp32")
     @classmethod
