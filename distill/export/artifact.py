@@ -122,15 +122,11 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                         graph_ops[task or "model"] = fused_apart.ops
                 if found and searched_in[task] != source:
                     found = (matching_nodes(searched_in[task], source, found[0]), found[1])
-                if mode == "dynamic" and dynamic_spec is not spec:
-                    found = None if auto["chose"] == "per_tensor" else found
-                    kept, search = quantize_graph(source, target, mode, dynamic_spec, preset, feeds, graph_tasks,
-                                                  pad_id, found)
-                    if auto["chose"] == "per_tensor":  # the modes after it take no node out either
-                        fallbacks[task], searched_in[task] = ([], spec.int8_fallback), source
-                else:
-                    kept, search = quantize_graph(source, target, mode, spec, preset, feeds, graph_tasks, pad_id,
-                                                  found)
+                all_int8 = mode == "dynamic" and auto is not None and auto["chose"] == "per_tensor"
+                kept, search = quantize_graph(source, target, mode, dynamic_spec if mode == "dynamic" else spec,
+                                              preset, feeds, graph_tasks, pad_id, None if all_int8 else found)
+                if all_int8:  # the modes after it take no node out either
+                    fallbacks[task], searched_in[task] = ([], spec.int8_fallback), source
                 excluded += kept
                 if search is not None:
                     searches[task or "model"] = search.as_dict()
