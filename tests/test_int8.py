@@ -124,7 +124,8 @@ def test_the_search_puts_the_nodes_in_fp32_where_the_outlier_split_falls_short(t
     for module in (quantize, exporter):
         monkeypatch.setattr(module, "expected_agreement",
                             lambda tasks, *_: dict.fromkeys((t.info.name for t in tasks), next(values)))
-    spec = ExportSpec(int8_min_agreement=0.99, int8_max_fallback_nodes=2, int8_fallback="outliers")
+    spec = ExportSpec(int8_activations="per_token", int8_min_agreement=0.99, int8_max_fallback_nodes=2,
+                      int8_fallback="outliers")
     manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
                                recipe.max_length, tokenizer.pad_token_id)
     search = manifest["checks"]["int8"]["dynamic"]["fallback_search"]["model"]
@@ -150,7 +151,8 @@ def test_fp32_that_barely_helps_is_not_worth_its_latency(trained_run, tiny_base,
     for module in (quantize, exporter):
         monkeypatch.setattr(module, "expected_agreement",
                             lambda tasks, *_: dict.fromkeys((t.info.name for t in tasks), next(values)))
-    spec = ExportSpec(int8_min_agreement=0.99, int8_max_fallback_nodes=2, int8_fallback="outliers")
+    spec = ExportSpec(int8_activations="per_token", int8_min_agreement=0.99, int8_max_fallback_nodes=2,
+                      int8_fallback="outliers")
     with caplog.at_level(logging.INFO):
         manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
                                    recipe.max_length, tokenizer.pad_token_id)
@@ -248,7 +250,8 @@ def test_int8_agreement_labels_searches_on_the_counted_labels(trained_run, tiny_
     for module in (quantize, exporter):
         monkeypatch.setattr(module, "label_agreement", fake_counted)
         monkeypatch.setattr(module, "expected_agreement", no_estimate_on_dev)
-    spec = ExportSpec(int8_min_agreement=0.99, int8_agreement="labels", int8_max_fallback_nodes=3)
+    spec = ExportSpec(int8_activations="per_token", int8_min_agreement=0.99, int8_agreement="labels",
+                      int8_max_fallback_nodes=3)
     manifest = export_artifact(trained_run / "out" / "students" / "s2", tmp_path / "a", tasks, spec,
                                recipe.max_length, tokenizer.pad_token_id)
     search = manifest["checks"]["int8"]["dynamic"]["fallback_search"]["model"]

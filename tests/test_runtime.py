@@ -160,14 +160,17 @@ def test_keep_fp32_rejects_a_bad_pattern():
 def test_int8_runs_by_default_at_the_batch_size_it_was_checked_at(trained_run, tmp_path):
     artifact = trained_run / "out" / "artifacts" / "s2"
     manifest = json.loads((artifact / "manifest.json").read_text())
-    assert manifest["checks"]["int8"]["dynamic"]["activations"] == "per_token"
-    assert Predictor(artifact, precision="int8").batch_size == 16, "per-token int8: labels the batch does not move"
-    per_tensor = tmp_path / "per_tensor"
-    shutil.copytree(artifact, per_tensor)
-    manifest["checks"]["int8"]["dynamic"]["activations"] = "per_tensor"
-    (per_tensor / "manifest.json").write_text(json.dumps(manifest))
     checked = manifest["checks"]["int8"]["dynamic"]["batch_size"]
-    assert Predictor(per_tensor, precision="int8", verify=False).batch_size == checked == 1
+    expected = {"per_token": 16, "per_tensor": checked}  # per token: labels the batch does not move
+    assert Predictor(artifact, precision="int8").batch_size == \
+        expected[manifest["checks"]["int8"]["dynamic"]["activations"]]
+    for activations, batch_size in expected.items():
+        copy = tmp_path / activations
+        shutil.copytree(artifact, copy)
+        manifest["checks"]["int8"]["dynamic"]["activations"] = activations
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        assert Predictor(copy, precision="int8", verify=False).batch_size == batch_size, activations
+    assert checked == 1
     assert Predictor(artifact, precision="fp32").batch_size == 16
     assert Predictor(artifact, precision="int8-static").batch_size == 16, "fixed scales: the batch does not matter"
     assert Predictor(artifact, precision="int8", batch_size=8).batch_size == 8
