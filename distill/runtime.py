@@ -112,7 +112,8 @@ class Predictor:
     """Per-task predictions for raw texts from an artifact directory (label + score, or entity spans).
 
     `batch_size` defaults to 16, or for a dynamic int8 model with one activation scale per tensor
-    (`export.int8_activations: per_tensor`) to the batch size the export checked it at
+    (`export.int8_activations: per_tensor`, or auto's choice: `checks.int8.dynamic.activations`) to the batch
+    size the export checked it at
     (`checks.int8.dynamic.batch_size`, 1 unless `export.check_batch_size` says otherwise; see
     `checked_batch_size`).
 

@@ -131,7 +131,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 if search is not None:
                     searches[task or "model"] = search.as_dict()
                     fallbacks[task], searched_in[task] = (search.nodes, search.fallback), source
-                elif found is not None:
+                elif found is not None and not all_int8:
                     searches[task or "model"] = {"nodes": found[0], "fallback": found[1], "searched_in": first_mode}
             int8 = OnnxForward(int8_path, optimization_level=level)
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev",

@@ -60,7 +60,8 @@ class ExportSpec(Strict):
                                                "scheme (1, 2, 4, ... then bisected) until int8 and fp32 agree on "
                                                "this share of every task's dev labels (null turns it off), in fp32 "
                                                "where int8_fallback cannot reach it; searched in the first "
-                                               "quantization mode, the other modes take the same nodes out")
+                                               "quantization mode, the other modes take the same nodes out (none "
+                                               "where int8_activations: auto made the dynamic graph per tensor)")
     int8_agreement: Literal["expected", "labels"] = Field(
         default="expected", description="what int8_min_agreement bounds on dev: expected (each dev margin meets "
                                         "the int8 shifts of the decisions nearest to it in margin: the expected "
