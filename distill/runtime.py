@@ -113,9 +113,8 @@ class Predictor:
 
     `batch_size` defaults to 16, or for a dynamic int8 model with one activation scale per tensor
     (`export.int8_activations: per_tensor`, or auto's choice: `checks.int8.dynamic.activations`) to the batch
-    size the export checked it at
-    (`checks.int8.dynamic.batch_size`, 1 unless `export.check_batch_size` says otherwise; see
-    `checked_batch_size`).
+    size the export checked it at (`checks.int8.dynamic.batch_size`, 1 unless `export.check_batch_size` says
+    otherwise; see `checked_batch_size`).
 
     Before anything runs, manifest.json and tasks.json are read through their schemas and the files used
     (graphs, tokenizer, tasks) are compared with the sha256 the exporter recorded; `verify=False` skips the

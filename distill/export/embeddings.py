@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-INT8_MAX = 127
+from distill.core.int8_presets import INT8_MAX
+
 INT4_MAX = 7
 NIBBLE = 16
 

@@ -133,6 +133,8 @@ def attention_projections(model_path: Path, names: list[str]) -> list[str]:
     key and value (through a bias Add, if any): what keeping that attention in fp32 means in a per-token graph."""
     import onnx
 
+    if not names:  # the usual case (no keep_fp32): no graph to read
+        return []
     graph = onnx.load(str(model_path), load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
     producers = {output: node for node in graph.node for output in node.output}
