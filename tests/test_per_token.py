@@ -69,6 +69,45 @@ def test_each_token_is_rounded_on_its_own_scale_and_excluded_products_stay_float
     assert np.abs(q_weight).max() == 64, "reduce_range: 7-bit weights, as onnxruntime's"
 
 
+@pytest.mark.parametrize("opset", [17, 18])
+def test_asymmetric_rounds_each_tokens_range_around_its_center_and_adds_the_center_back(tmp_path, opset):
+    rng = np.random.default_rng(1)
+    weights = {name: rng.normal(size=(8, 6)).astype(np.float32) for name in ("first", "second")}
+    gemm_weight, gemm_bias = rng.normal(size=(5, 8)).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    _products_graph(tmp_path / "fp32.onnx", weights, gemm_weight, gemm_bias, opset)
+    for asymmetric in (False, True):
+        quantize_per_token(tmp_path / "fp32.onnx", tmp_path / f"{asymmetric}.onnx", exclude=[], only=None,
+                           per_channel=True, reduce_range=False, asymmetric=asymmetric)
+    x = rng.normal(size=(2, 4, 8)).astype(np.float32)
+    x[..., 3] -= 40  # one channel large and of one sign in every token, as LayerNorm outputs carry them
+    h = (np.abs(rng.normal(size=(3, 8))) + 5).astype(np.float32)  # lopsided rows through a Gemm with a bias
+
+    def run(asymmetric):
+        session = ort.InferenceSession(str(tmp_path / f"{asymmetric}.onnx"), providers=["CPUExecutionProvider"])
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x, "h": h}), strict=True))
+
+    def dequantized(w):
+        q_weight, scale = int8_weight(w, per_channel=True, reduce_range=False)
+        return q_weight.astype(np.float32) * scale
+
+    symmetric, centred = run(False), run(True)
+    for name in ("first", "second"):
+        expected = per_token_round_trip(x, asymmetric=True) @ dequantized(weights[name])
+        assert np.allclose(centred[f"y_{name}"], expected, atol=1e-3), "the center's product is added back"
+    assert np.allclose(centred["y_gemm"], per_token_round_trip(h, asymmetric=True) @ dequantized(gemm_weight.T)
+                       + gemm_bias, atol=1e-3)
+    rounded = per_token_round_trip(x, asymmetric=True)
+    assert np.abs(rounded - x).max() < 0.6 * np.abs(per_token_round_trip(x) - x).max(), "finer steps"
+
+    def error(outputs, name):
+        exact = x @ weights[name]
+        return np.sqrt(np.mean((outputs[f"y_{name}"] - exact) ** 2))
+
+    assert error(centred, "first") < error(symmetric, "first")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "True.onnx")).graph.node]
+    assert ops.count("ReduceMin") == 2 and ops.count("QuantizeLinear") == 2, "one center per input (x, h)"
+
+
 def test_qat_fakes_the_per_token_rounding_of_the_export():
     import torch
 
@@ -106,7 +145,7 @@ def per_token_export(trained_run, tiny_base, tmp_path_factory):
     return out, manifest
 
 
-def test_auto_takes_per_tensor_where_every_product_in_int8_reaches_the_target_and_per_token_elsewhere(
+def test_auto_takes_the_first_scheme_whose_every_product_int8_graph_reaches_the_target_and_searches_the_last(
         trained_run, tiny_base, tmp_path, monkeypatch):
     import distill.export.artifact as exporter
 
@@ -116,32 +155,47 @@ def test_auto_takes_per_tensor_where_every_product_in_int8_reaches_the_target_an
     encode_tasks(tasks, tokenizer, recipe.max_length)
     student = trained_run / "out" / "students" / "s2"
 
-    def per_tensor_agrees(share):
-        return lambda tasks, *_: dict.fromkeys((t.info.name for t in tasks), share)
+    def dev_agreements(*shares):  # one per call of expected_agreement, the last one from then on
+        left = list(shares)
+        return lambda tasks, *_: dict.fromkeys((t.info.name for t in tasks), left.pop(0) if len(left) > 1 else left[0])
 
-    monkeypatch.setattr(exporter, "expected_agreement", per_tensor_agrees(0.995))
+    def ops(path):
+        return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+    both = dict.fromkeys(("sentiment", "ner"), 0.995)
+    monkeypatch.setattr(exporter, "expected_agreement", dev_agreements(0.995))
     spec = ExportSpec(quantization=["dynamic", "static"], int8_min_agreement=0.99, calibration_examples=8)
     assert spec.int8_activations == "auto"
     manifest = export_artifact(student, tmp_path / "a", tasks, spec, recipe.max_length, tokenizer.pad_token_id)
     dynamic, static = manifest["checks"]["int8"]["dynamic"], manifest["checks"]["int8"]["static"]
     assert dynamic["activations"] == "per_tensor" and dynamic["graph"] == "fused"
-    assert dynamic["activations_auto"] == {"chose": "per_tensor", "measure": "expected", "target": 0.99,
-                                           "per_tensor_dev_agreement": dict.fromkeys(("sentiment", "ner"), 0.995)}
+    assert dynamic["activations_auto"] == {"chose": "per_tensor", "reached": True, "measure": "expected",
+                                           "target": 0.99, "dev_agreement_all_int8": {"per_tensor": both}}
     assert "fallback_search" not in dynamic and dynamic["fp32_nodes"] == 0, "every product int8, no search"
     assert static["fallback_search"]["model"] == {"nodes": [], "fallback": "outliers", "searched_in": "dynamic"}
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "a" / "model.int8.onnx")).graph.node}
-    assert "DynamicQuantizeLinear" in ops and "MatMulIntegerToFloat" not in ops
+    assert "DynamicQuantizeLinear" in ops(tmp_path / "a" / "model.int8.onnx")
+    assert "MatMulIntegerToFloat" not in ops(tmp_path / "a" / "model.int8.onnx")
     assert not list((tmp_path / "a").glob("*.auto.onnx")), "the trial graph is gone"
     assert Predictor(tmp_path / "a").batch_size == 1, "per-tensor labels hold at the batch size checked"
 
-    monkeypatch.setattr(exporter, "expected_agreement", per_tensor_agrees(0.98))
-    manifest = export_artifact(student, tmp_path / "b", tasks, spec.model_copy(update={"quantization": ["dynamic"]}),
-                               recipe.max_length, tokenizer.pad_token_id)
+    only_dynamic = spec.model_copy(update={"quantization": ["dynamic"]})
+    monkeypatch.setattr(exporter, "expected_agreement", dev_agreements(0.98, 0.985, 0.995))
+    manifest = export_artifact(student, tmp_path / "b", tasks, only_dynamic, recipe.max_length, tokenizer.pad_token_id)
     dynamic = manifest["checks"]["int8"]["dynamic"]
-    assert dynamic["activations"] == "per_token" and dynamic["activations_auto"]["chose"] == "per_token"
-    assert dynamic["activations_auto"]["per_tensor_dev_agreement"]["ner"] == 0.98
-    assert "MatMulIntegerToFloat" in {n.op_type for n in onnx.load(str(tmp_path / "b" / "model.int8.onnx")).graph.node}
-    assert "fallback_search" in dynamic, "per token is searched as before"
+    assert dynamic["activations"] == "per_token_asymmetric" and dynamic["activations_auto"]["reached"]
+    assert list(dynamic["activations_auto"]["dev_agreement_all_int8"]) == ["per_tensor", "per_token",
+                                                                          "per_token_asymmetric"]
+    assert "fallback_search" not in dynamic and dynamic["smoothing"] is None, "asymmetric graphs are not smoothed"
+    assert {"MatMulIntegerToFloat", "ReduceMin"} <= ops(tmp_path / "b" / "model.int8.onnx")
+    assert Predictor(tmp_path / "b").batch_size == 16, "per-token labels do not depend on the batch"
+
+    monkeypatch.setattr(exporter, "expected_agreement", dev_agreements(0.98))
+    manifest = export_artifact(student, tmp_path / "c", tasks, only_dynamic, recipe.max_length, tokenizer.pad_token_id)
+    dynamic = manifest["checks"]["int8"]["dynamic"]
+    assert dynamic["activations"] == "per_token_asymmetric" and not dynamic["activations_auto"]["reached"]
+    assert dynamic["activations_auto"]["dev_agreement_all_int8"]["per_tensor"]["ner"] == 0.98
+    assert "fallback_search" in dynamic, "where no scheme reaches the target, the last is searched"
+    assert not list((tmp_path / "c").glob("*.auto.onnx"))
 
 
 def test_the_default_int8_quantizes_a_graph_fused_with_its_projections_apart_per_token(per_token_export):
@@ -260,7 +314,8 @@ def test_a_refitted_graph_that_changes_the_logits_leaves_per_token_int8_the_unfu
     manifest = export_artifact(trained_run / "out" / "students" / "s2", out, tasks,
                                ExportSpec(int8_min_agreement=None), recipe.max_length, tokenizer.pad_token_id)
     dynamic = manifest["checks"]["int8"]["dynamic"]
-    assert dynamic["activations_auto"] == {"chose": "per_token", "why": "no export.int8_min_agreement"}
+    assert dynamic["activations_auto"] == {"chose": "per_token", "reached": False,
+                                           "why": "no export.int8_min_agreement"}
     assert dynamic["graph"].startswith("unfused (per-token int8: MultiHeadAttention logits differ from PyTorch")
     assert manifest["fusion"]["model"]["fused"], "the fp32 model stays fused"
     assert not list(out.glob("*per-token*")) and not list(out.glob("*unfused*"))

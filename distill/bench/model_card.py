@@ -175,7 +175,8 @@ def _int8_checks(checks: dict[str, Any], fusion: dict[str, Any]) -> list[str]:
         agreement = check.get("test_label_agreement_vs_fp32", {})
         shares = ", ".join(f"{task} {100 * share:.2f} %" for task, share in agreement.items())
         fallback = fallback_node_count(check)
-        scales = {"per_token": " (activations per token)", "per_tensor": " (activations per tensor)"}.get(
+        scales = {"per_token": " (activations per token)", "per_tensor": " (activations per tensor)",
+                  "per_token_asymmetric": " (activations per token, asymmetric)"}.get(
             check.get("activations", ""), "")
         lines.append(f"- {mode} int8{scales}: test labels equal to fp32's: {shares}"
                      + (f"; {fallback} weight product(s) kept out of int8 by the accuracy search" if fallback

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 INT8_MAX = 127  # symmetric int8 weights and per-token activations: [-127, 127]
 INT8_MAX_REDUCED = 64  # onnxruntime's reduce_range for int8 weights: [-64, 64], no u8 × s8 pair sum saturates
+# export.int8_activations whose dynamic int8 gives each token its own scale (distill.export.per_token): their
+# labels do not depend on the batch, and the graph is fused with MultiHeadAttention after the Q/K/V products
+PER_TOKEN_ACTIVATIONS = ("per_token", "per_token_asymmetric")
 
 # Without VNNI, x86 u8×s8 kernels (VPMADDUBSW) can saturate, so weights are quantised to a reduced range.
 INT8_PRESETS = {

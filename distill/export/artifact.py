@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import shutil
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from distill.core.errors import DistillError
 from distill.core.fileio import atomic_directory, atomic_write_json, sha256_dir, sha256_file
 from distill.core.hardware import hardware
-from distill.core.int8_presets import configured_preset
+from distill.core.int8_presets import PER_TOKEN_ACTIVATIONS, configured_preset
 from distill.core.manifest import HF_DIR, read_tasks
 from distill.core.tokenizer import TOKENIZER_FILES
 from distill.data.evaluation import evaluate, primary_scores, torch_forward
@@ -38,6 +39,9 @@ from distill.runtime import MODEL_FILES, OnnxForward, task_file
 
 log = logging.getLogger(__name__)
 INT8_WARN_DROP = 0.01
+# export.int8_activations: auto tries these in turn, fastest first (per token costs a few operators per product,
+# asymmetric two passes more); the last is also the one the accuracy search starts from
+AUTO_ACTIVATIONS = ("per_tensor", "per_token", "per_token_asymmetric")
 
 
 def library_versions() -> dict[str, str]:
@@ -80,14 +84,25 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         if parity > spec.parity_tolerance:
             raise DistillError(f"export of {model_dir}: ONNX fp32 differs from PyTorch by {parity:.2e} "
                                f"(> export.parity_tolerance {spec.parity_tolerance:.0e})")
-        auto = _auto_activations(model_dir.name, fp32_path, tmp, model, spec, preset, tasks, pad_id, fp32) \
+        per_token_sources: dict[str | None, tuple[Path, Fusion]] = {}
+
+        def dynamic_source(task: str | None, fp32_source: Path, activations: str) -> Path:
+            """The graph dynamic int8 with these activation scales quantizes (per token: MultiHeadAttention)."""
+            if activations not in PER_TOKEN_ACTIVATIONS or not (task in fusions and fusions[task].fused):
+                return fp32_source
+            if not per_token_sources:
+                per_token_sources.update(_per_token_sources(model_dir.name, model, fp32_graphs, unfused, fusions,
+                                                            spec, tasks, pad_id))
+            return per_token_sources[task][0]
+
+        auto = _auto_activations(model_dir.name, fp32_path, dynamic_source, tmp, model, spec, preset, tasks,
+                                 pad_id, fp32) \
             if spec.int8 and "dynamic" in spec.quantization and spec.int8_activations == "auto" else None
-        # where auto chose per_tensor, its every-product-int8 graph is the model: no search
+        # where a scheme auto tried reached the target with every product in int8, that graph is the model
+        all_int8 = auto is not None and auto["reached"]
         dynamic_spec = spec if auto is None else spec.model_copy(update={"int8_activations": auto["chose"]} | (
-            {"int8_min_agreement": None} if auto["chose"] == "per_tensor" else {}))
-        per_token = dynamic_spec.dynamic_int8_activations() == "per_token"
-        per_token_sources = _per_token_sources(model_dir.name, model, fp32_graphs, unfused, fusions, spec, tasks,
-                                               pad_id) if per_token else {}
+            {"int8_min_agreement": None} if all_int8 else {}))
+        per_token = dynamic_spec.int8_activations in PER_TOKEN_ACTIVATIONS
         torch_dev = primary_scores(tasks, evaluate(torch_forward(model), tasks, "dev", pad_id, desc="torch dev"))
         torch_test = split_predictions(torch_forward(model), tasks, "test", pad_id)
         fp32_test = split_predictions(fp32, tasks, "test", pad_id)
@@ -115,23 +130,24 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                     graph = "fused"
                     if mode == "static":  # QDQ has no fused Attention: the unfused graph, fused by the runtime
                         source, graph = unfused[task], "unfused (static QDQ)"
-                    elif per_token and per_token_sources[task][0] != fp32_source:
+                    elif per_token and dynamic_source(task, fp32_source, dynamic_spec.int8_activations) \
+                            != fp32_source:
                         source, fused_apart = per_token_sources[task]
                         graph = "fused, MultiHeadAttention (per-token int8)" if fused_apart.fused else \
                             f"unfused (per-token int8: {fused_apart.note})"
                         graph_ops[task or "model"] = fused_apart.ops
                 if found and searched_in[task] != source:
                     found = (matching_nodes(searched_in[task], source, found[0]), found[1])
-                all_int8 = mode == "dynamic" and auto is not None and auto["chose"] == "per_tensor"
+                chosen_all_int8 = mode == "dynamic" and all_int8
                 kept, search = quantize_graph(source, target, mode, dynamic_spec if mode == "dynamic" else spec,
-                                              preset, feeds, graph_tasks, pad_id, None if all_int8 else found)
-                if all_int8:  # the modes after it take no node out either
+                                              preset, feeds, graph_tasks, pad_id, None if chosen_all_int8 else found)
+                if chosen_all_int8:  # the modes after it take no node out either
                     fallbacks[task], searched_in[task] = ([], spec.int8_fallback), source
                 excluded += kept
                 if search is not None:
                     searches[task or "model"] = search.as_dict()
                     fallbacks[task], searched_in[task] = (search.nodes, search.fallback), source
-                elif found is not None and not all_int8:
+                elif found is not None and not chosen_all_int8:
                     searches[task or "model"] = {"nodes": found[0], "fallback": found[1], "searched_in": first_mode}
             int8 = OnnxForward(int8_path, optimization_level=level)
             int8_dev = primary_scores(tasks, evaluate(int8, tasks, "dev", pad_id, desc=f"{mode} int8 dev",
@@ -149,7 +165,9 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 **({"fallback": spec.int8_fallback, "fallback_search": searches} if searches else {}),
                 **({"outlier_channels": spec.int8_outlier_channels}
                    if searches and spec.int8_fallback == "outliers" else {}),
-                "reduce_range": preset["reduce_range"], "smoothing": spec.int8_smoothing,
+                "reduce_range": preset["reduce_range"],
+                "smoothing": None if mode == "dynamic" and dynamic_spec.int8_activations == "per_token_asymmetric"
+                else spec.int8_smoothing,
                 "batch_size": spec.check_batch_size,
                 "dev": int8_dev, "metric_delta": delta,
                 "test_label_agreement_vs_fp32": label_agreement(tasks, "test", int8_test, fp32_test),
@@ -207,40 +225,47 @@ def _per_token_sources(name: str, model: MultiTaskModel, graphs: dict[str | None
     return sources
 
 
-def _auto_activations(name: str, fp32_graphs: Path | dict[str, Path], directory: Path, model: MultiTaskModel,
-                      spec: ExportSpec, preset: dict[str, Any], tasks: list[TaskData], pad_id: int,
-                      fp32: OnnxForward) -> dict[str, Any]:
-    """`export.int8_activations: auto`: per_tensor where its dynamic int8 graph, with every weight product in int8
-    (keep_fp32 and the heads aside), reaches int8_min_agreement on every task's dev split at check_batch_size;
-    otherwise per_token. Per tensor takes fewer operators (one DynamicQuantizeLinear per input, the fused
-    QAttention) and is faster at batch 1; per token holds more models to the target and any batch to the labels
-    checked. Returns the choice and what it rests on, for the manifest."""
+def _auto_activations(name: str, fp32_graphs: Path | dict[str, Path],
+                      dynamic_source: Callable[[str | None, Path, str], Path], directory: Path,
+                      model: MultiTaskModel, spec: ExportSpec, preset: dict[str, Any], tasks: list[TaskData],
+                      pad_id: int, fp32: OnnxForward) -> dict[str, Any]:
+    """`export.int8_activations: auto`: the first of AUTO_ACTIVATIONS (fastest first) whose dynamic int8 graph,
+    with every weight product in int8 (keep_fp32 and the heads aside), reaches int8_min_agreement on every task's
+    dev split at check_batch_size; where none does, the last, with the accuracy search. Returns the choice and
+    what it rests on, for the manifest."""
     if spec.int8_min_agreement is None:
         log.info("%s: int8_activations auto: per_token (no int8_min_agreement to hold per_tensor to)", name)
-        return {"chose": "per_token", "why": "no export.int8_min_agreement"}
-    trial_spec = spec.model_copy(update={"int8_activations": "per_tensor", "int8_min_agreement": None})
+        return {"chose": "per_token", "reached": False, "why": "no export.int8_min_agreement"}
+    batch = spec.check_batch_size
+    dev_fp32 = split_predictions(fp32, tasks, "dev", pad_id, batch)
     trial = _graph_files(directory, "int8", model, spec.graphs)
     trial = {t: p.with_name(f"{p.stem}.auto.onnx") for t, p in trial.items()} if isinstance(trial, dict) else \
         trial.with_name(f"{trial.stem}.auto.onnx")
-    try:
-        for (task, source), (_, target) in zip(_by_task(fp32_graphs), _by_task(trial), strict=True):
-            graph_tasks = [t for t in tasks if task is None or t.info.name == task]
-            quantize_graph(source, target, "dynamic", trial_spec, preset, None, graph_tasks, pad_id)
-        batch = spec.check_batch_size
-        dev_fp32 = split_predictions(fp32, tasks, "dev", pad_id, batch)
-        dev_int8 = split_predictions(OnnxForward(trial, optimization_level=spec.optimization_level), tasks, "dev",
-                                     pad_id, batch)
-    finally:
-        for _, path in _by_task(trial):
-            path.unlink(missing_ok=True)
-    agreement = label_agreement(tasks, "dev", dev_int8, dev_fp32) if spec.int8_agreement == "labels" else \
-        expected_agreement(tasks, "dev", dev_fp32, dev_int8)
-    chose = "per_tensor" if min(agreement.values()) >= spec.int8_min_agreement else "per_token"
-    log.info("%s: int8_activations auto: per-tensor int8 with every product in int8 agrees with fp32 on %s of dev "
-             "(%s), %s %s: %s", name, ", ".join(f"{t} {a:.4f}" for t, a in agreement.items()), spec.int8_agreement,
-             "reaching" if chose == "per_tensor" else "below", spec.int8_min_agreement, chose)
-    return {"chose": chose, "per_tensor_dev_agreement": agreement, "measure": spec.int8_agreement,
-            "target": spec.int8_min_agreement}
+    tried: dict[str, dict[str, float]] = {}
+    for activations in AUTO_ACTIVATIONS:
+        trial_spec = spec.model_copy(update={"int8_activations": activations, "int8_min_agreement": None})
+        try:
+            for (task, source), (_, target) in zip(_by_task(fp32_graphs), _by_task(trial), strict=True):
+                graph_tasks = [t for t in tasks if task is None or t.info.name == task]
+                quantize_graph(dynamic_source(task, source, activations), target, "dynamic", trial_spec, preset,
+                               None, graph_tasks, pad_id)
+            dev_int8 = split_predictions(OnnxForward(trial, optimization_level=spec.optimization_level), tasks,
+                                         "dev", pad_id, batch)
+        finally:
+            for _, path in _by_task(trial):
+                path.unlink(missing_ok=True)
+        tried[activations] = agreement = label_agreement(tasks, "dev", dev_int8, dev_fp32) \
+            if spec.int8_agreement == "labels" else expected_agreement(tasks, "dev", dev_fp32, dev_int8)
+        reached = min(agreement.values()) >= spec.int8_min_agreement
+        log.info("%s: int8_activations auto: %s with every product in int8 agrees with fp32 on %s of dev (%s), "
+                 "%s %s", name, activations, ", ".join(f"{t} {a:.4f}" for t, a in agreement.items()),
+                 spec.int8_agreement, "reaching" if reached else "below", spec.int8_min_agreement)
+        if reached:
+            break
+    if not reached:
+        log.info("%s: int8_activations auto: %s with the accuracy search", name, activations)
+    return {"chose": activations, "reached": reached, "dev_agreement_all_int8": tried,
+            "measure": spec.int8_agreement, "target": spec.int8_min_agreement}
 
 
 def _graph_files(directory: Path, precision: str, model: MultiTaskModel, graphs: str) -> Path | dict[str, Path]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -127,12 +128,12 @@ def logit_noise(reference: dict[str, list[np.ndarray]], other: dict[str, list[np
 
 
 def local_int8_noise(model_path: Path, nodes: list[str], feeds: Iterable[dict[str, np.ndarray]], per_channel: bool,
-                     reduce_range: bool, per_token: bool = False) -> dict[str, float]:
+                     reduce_range: bool, activations: str = "per_tensor") -> dict[str, float]:
     """For each named weight MatMul: RMS(int8 output − fp32 output) / RMS(fp32 output) of that MatMul alone, its
     input quantized as dynamic int8 does (onnxruntime's uint8, one scale per example at batch 1; with
-    `per_token`, one per token, see `distill.export.per_token`) and its weight as int8 (per output channel, or per
-    tensor). One pass over `feeds`, no graph quantized: a cheap first ranking, which the end-to-end `noise_of` of
-    `search_fallbacks` then refines on a shortlist."""
+    `activations` per_token or per_token_asymmetric, one per token, see `distill.export.per_token`) and its
+    weight as int8 (per output channel, or per tensor). One pass over `feeds`, no graph quantized: a cheap first
+    ranking, which the end-to-end `noise_of` of `search_fallbacks` then refines on a shortlist."""
     import onnx
     from onnx import numpy_helper
 
@@ -145,7 +146,8 @@ def local_int8_noise(model_path: Path, nodes: list[str], feeds: Iterable[dict[st
     for name, w in weights.items():
         q_weight, scale = int8_weight(w, per_channel, reduce_range)
         quantized[name] = q_weight.astype(np.float32) * scale
-    round_trip = per_token_round_trip if per_token else _uint8_input
+    round_trip = _uint8_input if activations == "per_tensor" else \
+        partial(per_token_round_trip, asymmetric=activations == "per_token_asymmetric")
     error = dict.fromkeys(weights, 0.0)
     reference = dict.fromkeys(weights, 0.0)
     for inputs in matmul_inputs(model_path, list(weights), feeds):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.core.int8_presets import PER_TOKEN_ACTIVATIONS
 from distill.core.logs import logger_level
 from distill.core.progress import progress
 from distill.data.batching import eval_batches, pad_batch
@@ -57,7 +58,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, mode: str, per_channel: bool
                   int8_heads: bool = False, smoothing: dict[str, np.ndarray] | None = None,
                   activations: str = "per_tensor") -> list[str]:
     """Int8 by onnxruntime: dynamic (weights; activations at run time, one scale per tensor or, with
-    `activations` per_token, per token: see `distill.export.per_token`) or static QDQ calibrated on `calibration`.
+    `activations` per_token or per_token_asymmetric, per token: see `distill.export.per_token`) or static QDQ
+    calibrated on `calibration`.
 
     Nodes whose name matches a regular expression of `keep_fp32` stay in fp32; `fallback_nodes` (MatMuls) are
     left out of the int8 scheme and become `fallback`: fp32, `block_int8` (see `block_int8_matmuls`), or
@@ -139,12 +141,13 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
                               "nodes_to_exclude": excluded + tables, "nodes_to_quantize": only_nodes}
     try:
         with logger_level(logging.WARNING):  # onnxruntime's quantizer logs a line per tensor
-            if mode == "dynamic" and activations == "per_token":
+            if mode == "dynamic" and activations in PER_TOKEN_ACTIVATIONS:
                 if embeddings == "per_tensor" and only_nodes is None:  # onnxruntime's tables first, one scale each
                     quantize_dynamic(str(source), str(tables_first), op_types_to_quantize=TABLE_OPS,
                                      weight_type=QuantType.QInt8, extra_options=untyped, nodes_to_exclude=excluded)
                     source = tables_first
-                quantize_per_token(source, int8_path, excluded, only_nodes, per_channel, reduce_range)
+                quantize_per_token(source, int8_path, excluded, only_nodes, per_channel, reduce_range,
+                                   asymmetric=activations == "per_token_asymmetric")
             elif mode == "dynamic":
                 quantize_dynamic(str(source), str(int8_path), weight_type=QuantType.QInt8, extra_options=untyped,
                                  **common)
@@ -179,6 +182,8 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
     unless another mode's search `found` the nodes (and what they became) already. Returns the keep_fp32 nodes
     and the search."""
     activations = spec.int8_activations if mode == "dynamic" else "per_tensor"
+    # asymmetric per-token graphs are not smoothed: the weights smoothing scales up hold the noise they leave
+    smoothing = None if activations == "per_token_asymmetric" else spec.int8_smoothing
     # in a per-token graph a fused attention's name (Attention_N) is its MultiHeadAttention: its Q/K/V MatMuls
     kept = attention_projections(source, fp32_node_names(source, spec.keep_fp32))
     fp32_anyway = set(kept) | set([] if spec.int8_heads else head_nodes(source))
@@ -186,12 +191,12 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
         spec.int8_fallback == "outliers" and spec.int8_min_agreement is not None
     scales: dict[str, np.ndarray] = {}
     outliers = None
-    if spec.int8_smoothing is not None or need_outliers:
+    if smoothing is not None or need_outliers:
         sample_feeds = calibration_feeds(tasks, ACTIVATION_EXAMPLES, pad_id)
         channel_max = input_channel_max(source, weight_matmuls(source, gemm=False), sample_feeds)
-        if spec.int8_smoothing is not None:
+        if smoothing is not None:
             scales = smoothing_scales(source, {n: v for n, v in channel_max.items() if n not in fp32_anyway},
-                                      spec.int8_smoothing)
+                                      smoothing)
         if need_outliers:  # the channels that stay largest once smoothing divided them by s; MatMuls only
             matmuls = set(weight_matmuls(source, gemm=False, attention=False))
             outliers = outlier_channels({n: v for n, v in smoothed_channel_max(channel_max, scales).items()
@@ -218,7 +223,7 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
                              lambda nodes: local_int8_noise(prepared.path, nodes,
                                                             calibration_feeds(tasks, RANKING_EXAMPLES, pad_id),
                                                             spec.per_channel, preset["reduce_range"],
-                                                            activations == "per_token"))
+                                                            activations))
 
 
 def _search(source: Path, target: Path, spec: ExportSpec, tasks: list[TaskData], pad_id: int,

@@ -33,17 +33,20 @@ class ExportSpec(Strict):
         default="combined", description="one graph with every task's logits as a named output, or one graph per task")
     quantization: list[Literal["dynamic", "static"]] = Field(
         default=["dynamic"], description="int8 modes: dynamic (weights only) and/or static (calibrated, QDQ)")
-    int8_activations: Literal["auto", "per_token", "per_tensor"] = Field(
-        default="auto", description="activation scales of dynamic int8: per_token (each token's row quantized "
-                                    "by its own max |x|, symmetric: a few large tokens no longer coarsen the "
-                                    "rest, and an example's labels do not depend on the batch it runs in; the "
-                                    "graph is fused with MultiHeadAttention after the Q/K/V MatMuls, since "
-                                    "Attention's int8 form takes one scale), per_tensor (onnxruntime's "
+    int8_activations: Literal["auto", "per_tensor", "per_token", "per_token_asymmetric"] = Field(
+        default="auto", description="activation scales of dynamic int8: per_tensor (onnxruntime's "
                                     "DynamicQuantizeLinear, one scale per tensor and batch, with the fused "
-                                    "QAttention: fewer operators, faster at batch 1, labels that depend on the "
-                                    "batch) or auto (per_tensor where its graph with every product in int8 reaches "
-                                    "int8_min_agreement on dev at check_batch_size, otherwise per_token; "
-                                    "per_token without a target)")
+                                    "QAttention: the fewest operators, labels that depend on the batch), per_token "
+                                    "(each token's row quantized by its own max |x|, symmetric: a few large tokens "
+                                    "no longer coarsen the rest, and an example's labels do not depend on the "
+                                    "batch; the graph is fused with MultiHeadAttention after the Q/K/V MatMuls, "
+                                    "since Attention's int8 form takes one scale), per_token_asymmetric (each "
+                                    "token's [min, max] on the 254 levels, centred: up to 2x finer steps where a "
+                                    "token's values are lopsided, at two more element-wise passes per product; "
+                                    "not smoothed) or auto (the first of per_tensor, per_token and "
+                                    "per_token_asymmetric whose graph with every product in int8 reaches "
+                                    "int8_min_agreement on dev at check_batch_size; where none does, "
+                                    "per_token_asymmetric with the accuracy search; per_token without a target)")
     per_channel: bool = Field(default=True, description="int8 weights with one scale per output channel (a "
                                                         "column whose values are small keeps its precision)")
     keep_fp32: list[str] = Field(
@@ -80,7 +83,8 @@ class ExportSpec(Strict):
         default=0.7, ge=0, le=1, description="SmoothQuant migration strength alpha: before int8, each MatMul input is "
                                              "divided per channel by s = max|x|^alpha / max|w|^(1-alpha) and the "
                                              "weight rows multiplied by it (same fp32 function, flatter activations "
-                                             "for the int8 scale of a token or tensor); null turns it off")
+                                             "for the int8 scale of a token or tensor; per_token_asymmetric graphs "
+                                             "are not smoothed); null turns it off")
     check_batch_size: int = Field(
         default=1, gt=0, description="examples per forward pass in the int8 checks and the fallback search: 1 runs "
                                      "each example alone, as an edge device does; dynamic int8 scales its "
@@ -100,10 +104,11 @@ class ExportSpec(Strict):
     def dynamic_int8_activations(self) -> str:
         """The activation scales of the dynamic int8 graph, or per_tensor where none is built (static int8's fixed
         scales are one per tensor too): what QAT of a Linear's input simulates. `auto` is decided per model at
-        export; QAT simulates per_token for it, the finer scheme it falls back to."""
+        export; QAT simulates per_token for it and for per_token_asymmetric (one scale per token as both; the
+        simulation does not centre)."""
         if not (self.int8 and "dynamic" in self.quantization):
             return "per_tensor"
-        return "per_token" if self.int8_activations == "auto" else self.int8_activations
+        return "per_tensor" if self.int8_activations == "per_tensor" else "per_token"
 
     @field_validator("keep_fp32")
     @classmethod
