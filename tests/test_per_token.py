@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from distill.core.tokenizer import load_tokenizer
 from distill.data.tasks import encode_tasks, load_tasks
 from distill.export.artifact import export_artifact
+from distill.export.int8_search import local_int8_noise
 from distill.export.per_token import int8_weight, per_token_round_trip, quantize_per_token
 from distill.export.quantize import quantize_int8
 from distill.recipe import ExportSpec, load_recipe
@@ -107,6 +108,16 @@ def test_asymmetric_rounds_each_tokens_range_around_its_center_and_adds_the_cent
     ops = [n.op_type for n in onnx.load(str(tmp_path / "True.onnx")).graph.node]
     assert ops.count("ReduceMin") == 2 and ops.count("QuantizeLinear") == 2, "one center per input (x, h)"
 
+    # the accuracy search's probe (one node alone) and its first ranking round the way the graph does
+    quantize_per_token(tmp_path / "fp32.onnx", tmp_path / "probe.onnx", exclude=[], only=["first"],
+                       per_channel=True, reduce_range=False, asymmetric=True)
+    probe = {n.name: n.op_type for n in onnx.load(str(tmp_path / "probe.onnx")).graph.node}
+    assert probe["first_center_add"] == "Add" and probe["second"] == "MatMul" and "ReduceMin" in probe.values()
+    feeds = [{"x": x, "h": h, "attention_mask": np.ones(x.shape[:2], np.int64)}]
+    noise = {activations: local_int8_noise(tmp_path / "fp32.onnx", ["first"], feeds, True, False, activations)
+             for activations in ("per_token", "per_token_asymmetric")}
+    assert noise["per_token_asymmetric"]["first"] < noise["per_token"]["first"]
+
 
 def test_qat_fakes_the_per_token_rounding_of_the_export():
     import torch
@@ -183,10 +194,15 @@ def test_auto_takes_the_first_scheme_whose_every_product_int8_graph_reaches_the_
     manifest = export_artifact(student, tmp_path / "b", tasks, only_dynamic, recipe.max_length, tokenizer.pad_token_id)
     dynamic = manifest["checks"]["int8"]["dynamic"]
     assert dynamic["activations"] == "per_token_asymmetric" and dynamic["activations_auto"]["reached"]
-    assert list(dynamic["activations_auto"]["dev_agreement_all_int8"]) == ["per_tensor", "per_token",
-                                                                          "per_token_asymmetric"]
+    assert dynamic["graph"] == "fused, MultiHeadAttention (per-token int8)"
+    tried = dynamic["activations_auto"]["dev_agreement_all_int8"]
+    assert {scheme: shares["ner"] for scheme, shares in tried.items()} == {
+        "per_tensor": 0.98, "per_token": 0.985, "per_token_asymmetric": 0.995}, "each scheme in turn, fastest first"
     assert "fallback_search" not in dynamic and dynamic["smoothing"] is None, "asymmetric graphs are not smoothed"
-    assert {"MatMulIntegerToFloat", "ReduceMin"} <= ops(tmp_path / "b" / "model.int8.onnx")
+    int8_graph = onnx.load(str(tmp_path / "b" / "model.int8.onnx")).graph
+    assert not [n for n in int8_graph.node if n.name.endswith("_smooth")], "no smoothing Mul"
+    assert {"MatMulIntegerToFloat", "ReduceMin", "MultiHeadAttention"} <= {n.op_type for n in int8_graph.node}
+    assert not list((tmp_path / "b").glob("*per-token*")) and not list((tmp_path / "b").glob("*unfused*"))
     assert Predictor(tmp_path / "b").batch_size == 16, "per-token labels do not depend on the batch"
 
     monkeypatch.setattr(exporter, "expected_agreement", dev_agreements(0.98))

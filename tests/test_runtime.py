@@ -161,7 +161,8 @@ def test_int8_runs_by_default_at_the_batch_size_it_was_checked_at(trained_run, t
     artifact = trained_run / "out" / "artifacts" / "s2"
     manifest = json.loads((artifact / "manifest.json").read_text())
     checked = manifest["checks"]["int8"]["dynamic"]["batch_size"]
-    expected = {"per_token": 16, "per_tensor": checked}  # per token: labels the batch does not move
+    # per token: labels the batch does not move
+    expected = {"per_token": 16, "per_token_asymmetric": 16, "per_tensor": checked}
     assert Predictor(artifact, precision="int8").batch_size == \
         expected[manifest["checks"]["int8"]["dynamic"]["activations"]]
     for activations, batch_size in expected.items():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.core.int8_presets import PER_TOKEN_ACTIVATIONS
 from distill.export.fusion import FUSED_ATTENTION
 from distill.export.per_token import int8_weight, per_token_round_trip
 
@@ -146,8 +147,8 @@ def local_int8_noise(model_path: Path, nodes: list[str], feeds: Iterable[dict[st
     for name, w in weights.items():
         q_weight, scale = int8_weight(w, per_channel, reduce_range)
         quantized[name] = q_weight.astype(np.float32) * scale
-    round_trip = _uint8_input if activations == "per_tensor" else \
-        partial(per_token_round_trip, asymmetric=activations == "per_token_asymmetric")
+    round_trip = partial(per_token_round_trip, asymmetric=activations == "per_token_asymmetric") \
+        if activations in PER_TOKEN_ACTIVATIONS else _uint8_input
     error = dict.fromkeys(weights, 0.0)
     reference = dict.fromkeys(weights, 0.0)
     for inputs in matmul_inputs(model_path, list(weights), feeds):

@@ -64,7 +64,8 @@ class ExportSpec(Strict):
                                                "this share of every task's dev labels (null turns it off), in fp32 "
                                                "where int8_fallback cannot reach it; searched in the first "
                                                "quantization mode, the other modes take the same nodes out (none "
-                                               "where int8_activations: auto made the dynamic graph per tensor)")
+                                               "after a dynamic graph int8_activations: auto found on target "
+                                               "with every product in int8)")
     int8_agreement: Literal["expected", "labels"] = Field(
         default="expected", description="what int8_min_agreement bounds on dev: expected (each dev margin meets "
                                         "the int8 shifts of the decisions nearest to it in margin: the expected "
