@@ -205,13 +205,17 @@ def test_auto_takes_the_first_scheme_whose_every_product_int8_graph_reaches_the_
     assert not list((tmp_path / "b").glob("*per-token*")) and not list((tmp_path / "b").glob("*unfused*"))
     assert Predictor(tmp_path / "b").batch_size == 16, "per-token labels do not depend on the batch"
 
-    monkeypatch.setattr(exporter, "expected_agreement", dev_agreements(0.98))
-    manifest = export_artifact(student, tmp_path / "c", tasks, only_dynamic, recipe.max_length, tokenizer.pad_token_id)
-    dynamic = manifest["checks"]["int8"]["dynamic"]
-    assert dynamic["activations"] == "per_token_asymmetric" and not dynamic["activations_auto"]["reached"]
-    assert dynamic["activations_auto"]["dev_agreement_all_int8"]["per_tensor"]["ner"] == 0.98
-    assert "fallback_search" in dynamic, "where no scheme reaches the target, the last is searched"
-    assert not list((tmp_path / "c").glob("*.auto.onnx"))
+    # none on target: the search starts from asymmetric where it agreed 0.001 better, from per_token otherwise
+    for name, shares, searched in (("c", (0.98, 0.981, 0.983, 0.98), "per_token_asymmetric"),
+                                   ("d", (0.98, 0.981, 0.9819, 0.98), "per_token")):
+        monkeypatch.setattr(exporter, "expected_agreement", dev_agreements(*shares))
+        manifest = export_artifact(student, tmp_path / name, tasks, only_dynamic, recipe.max_length,
+                                   tokenizer.pad_token_id)
+        dynamic = manifest["checks"]["int8"]["dynamic"]
+        assert dynamic["activations"] == searched and dynamic["activations_auto"]["chose"] == searched
+        assert not dynamic["activations_auto"]["reached"] and "fallback_search" in dynamic
+        assert ("ReduceMin" in ops(tmp_path / name / "model.int8.onnx")) == (searched == "per_token_asymmetric")
+        assert not list((tmp_path / name).glob("*.auto.onnx"))
 
 
 def test_the_default_int8_quantizes_a_graph_fused_with_its_projections_apart_per_token(per_token_export):
