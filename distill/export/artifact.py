@@ -29,6 +29,7 @@ from distill.export.onnx_graph import (
     trim_positions,
 )
 from distill.export.quantize import (
+    applied_smoothing,
     calibration_feeds,
     quantize_graph,
     split_predictions,
@@ -105,7 +106,6 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         all_int8 = auto is not None and auto["reached"]
         dynamic_spec = spec if auto is None else spec.model_copy(update={"int8_activations": auto["chose"]} | (
             {"int8_min_agreement": None} if all_int8 else {}))
-        per_token = dynamic_spec.int8_activations in PER_TOKEN_ACTIVATIONS
         torch_dev = primary_scores(tasks, evaluate(torch_forward(model), tasks, "dev", pad_id, desc="torch dev"))
         torch_test = split_predictions(torch_forward(model), tasks, "test", pad_id)
         fp32_test = split_predictions(fp32, tasks, "test", pad_id)
@@ -133,8 +133,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                     graph = "fused"
                     if mode == "static":  # QDQ has no fused Attention: the unfused graph, fused by the runtime
                         source, graph = unfused[task], "unfused (static QDQ)"
-                    elif per_token and dynamic_source(task, fp32_source, dynamic_spec.int8_activations) \
-                            != fp32_source:
+                    elif dynamic_source(task, fp32_source, dynamic_spec.int8_activations) != fp32_source:
                         source, fused_apart = per_token_sources[task]
                         graph = "fused, MultiHeadAttention (per-token int8)" if fused_apart.fused else \
                             f"unfused (per-token int8: {fused_apart.note})"
@@ -169,8 +168,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 **({"outlier_channels": spec.int8_outlier_channels}
                    if searches and spec.int8_fallback == "outliers" else {}),
                 "reduce_range": preset["reduce_range"],
-                "smoothing": None if mode == "dynamic" and dynamic_spec.int8_activations == "per_token_asymmetric"
-                else spec.int8_smoothing,
+                "smoothing": applied_smoothing(dynamic_spec if mode == "dynamic" else spec, mode),
                 "batch_size": spec.check_batch_size,
                 "dev": int8_dev, "metric_delta": delta,
                 "test_label_agreement_vs_fp32": label_agreement(tasks, "test", int8_test, fp32_test),

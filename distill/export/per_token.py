@@ -59,9 +59,12 @@ def int8_weight(weight: np.ndarray, per_channel: bool, reduce_range: bool) -> tu
 
 def per_token_round_trip(x: np.ndarray, asymmetric: bool = False) -> np.ndarray:
     """x through the per-token int8 of this module and back (what the int8 product sees of its input)."""
-    top, bottom = x.max(axis=-1, keepdims=True), x.min(axis=-1, keepdims=True)
-    center = (top + bottom) / 2 if asymmetric else np.zeros_like(top)
-    half = top - center if asymmetric else np.abs(x).max(axis=-1, keepdims=True)
+    if asymmetric:
+        top, bottom = x.max(axis=-1, keepdims=True), x.min(axis=-1, keepdims=True)
+        center = (top + bottom) / 2
+        half = top - center  # as the graph computes it
+    else:
+        center, half = np.zeros((), x.dtype), np.abs(x).max(axis=-1, keepdims=True)
     scale = np.maximum(half, SCALE_FLOOR) / INT8_MAX
     return (np.clip(np.rint((x - center) / scale), -128, 127) * scale + center).astype(np.float32)
 

@@ -175,6 +175,12 @@ def quantize_prepared(prepared: PreparedGraph, int8_path: Path, mode: str, per_c
             leftover.unlink()
 
 
+def applied_smoothing(spec: ExportSpec, mode: str) -> float | None:
+    """The smoothing alpha an int8 graph of `mode` gets: `int8_smoothing`, except none for asymmetric per-token
+    activations (the weights smoothing scales up hold the noise they leave)."""
+    return None if mode == "dynamic" and spec.int8_activations == "per_token_asymmetric" else spec.int8_smoothing
+
+
 def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, preset: dict[str, Any],
                     feeds: list[dict[str, np.ndarray]] | None, tasks: list[TaskData], pad_id: int,
                     found: tuple[list[str], str] | None = None) -> tuple[list[str], FallbackSearch | None]:
@@ -182,8 +188,7 @@ def quantize_graph(source: Path, target: Path, mode: str, spec: ExportSpec, pres
     unless another mode's search `found` the nodes (and what they became) already. Returns the keep_fp32 nodes
     and the search."""
     activations = spec.int8_activations if mode == "dynamic" else "per_tensor"
-    # asymmetric per-token graphs are not smoothed: the weights smoothing scales up hold the noise they leave
-    smoothing = None if activations == "per_token_asymmetric" else spec.int8_smoothing
+    smoothing = applied_smoothing(spec, mode)
     # in a per-token graph a fused attention's name (Attention_N) is its MultiHeadAttention: its Q/K/V MatMuls
     kept = attention_projections(source, fp32_node_names(source, spec.keep_fp32))
     fp32_anyway = set(kept) | set([] if spec.int8_heads else head_nodes(source))
