@@ -1,14 +1,20 @@
 """Does the bench time a model, or its neighbours? Each ONNX model of a finished run, at batch 1 × the recipe's
 bench length, timed three ways in one run:
 
-- bench: what `distill bench` does, a process of its own per model and round, the models taking turns;
-- alone: one fresh process that loads only that model and makes every call, once before and once after the bench's
-  timing (their mean; `drift` is after / before - 1: how much the shared machine itself moved meanwhile);
-- shared: every model loaded in one process, timed in turns, threads not spinning between runs (what the
-  bench did before, kept to show why it stopped).
+- bench: what `distill bench` does, a process of its own per model, the models taking turns (one pass = one turn
+  each);
+- alone: one fresh process per model that loads only that model and makes all of a pass's calls;
+- shared: every model loaded in one process, timed in turns, threads not spinning between runs (what the bench did
+  before, kept to show why it stopped).
+
+A shared machine drifts by tens of percent over minutes, more than the effect looked for, so the passes alternate
+(alone, bench, alone, ..., alone) and each bench pass is compared with the alone passes on either side of it: a
+model's `bench_vs_alone` is the median over the bench passes of bench / mean(alone before, alone after) - 1. The
+alone passes' own spread (`alone_spread`: the largest distance of one alone p50 from their median) is the noise
+the comparison is read against.
 
     python -m benchmarks.timing_isolation RUN_DIR (--demo [--quick | --base] | --recipe RECIPE.yaml)
-        [--repeats 60] [--rounds 3]
+        [--repeats 30] [--passes 5]
 
 Prints one row per model and saves RUN_DIR/timing-isolation/summary.json.
 """
@@ -46,19 +52,31 @@ def shared_process_p50(entries: list, feeds: list[np.ndarray], task: str, thread
     return [float(np.percentile(np.concatenate(t), 50)) for t in times]
 
 
+def paired_ratios(alone: np.ndarray, bench: np.ndarray) -> np.ndarray:
+    """Per model (rows), the median over bench passes of bench / mean(the alone passes either side) - 1.
+
+    `alone` has one more pass (column) than `bench`: they alternate, alone first and last."""
+    neighbours = (alone[:, :-1] + alone[:, 1:]) / 2
+    return np.median(bench / neighbours, axis=1) - 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_args(parser, "the --out directory of a finished run")
-    parser.add_argument("--repeats", type=int, default=60, help="timed calls per model and setting")
-    parser.add_argument("--rounds", type=int, default=3, help="turns over all models when timed together")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per model and pass")
+    parser.add_argument("--passes", type=int, default=5,
+                        help="bench passes, each between two alone passes (the shared process times "
+                             "repeats x passes calls per model)")
     args = parser.parse_args(argv)
+    if args.passes < 1 or args.repeats < 1:
+        parser.error("--passes and --repeats must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = run_recipe_of(parser, args)
     state = prepare(recipe, args.run_dir)
     entries = [e for e in run_entries(recipe, args.run_dir) if e.format != "torch-fp32"]
     threads = recipe.bench.threads or hardware()["cores"] or 1
     spec = recipe.bench.model_copy(update={"batch_sizes": [1], "other_seq_lens": [], "repeats": args.repeats,
-                                           "rounds": args.rounds})
+                                           "rounds": 1})
     inputs = [student_inputs(entry.model_dir, state.tasks, state.pad_id) for entry in entries]
     task = state.tasks[0].info.name
     feeds = [bench_feed(tasks, pad, 1, spec.seq_len) for tasks, pad in inputs]
@@ -73,34 +91,39 @@ def main(argv: list[str] | None = None) -> int:
                                                              spec.warmup, args.repeats)[0][0], 50))
                     for entry, ids_file in zip(entries, files, strict=True)]
 
-        # alone before and after the bench's own timing: a slow spell of a shared machine shows as drift
-        before = alone_p50s()
-        bench = measure_latencies(entries, inputs, spec, threads)
-        after = alone_p50s()
+        alone, bench = [alone_p50s()], []
+        for p in range(args.passes):
+            logging.info("pass %d of %d: the bench's turns, then each model alone", p + 1, args.passes)
+            bench.append([grid[0]["p50"] for grid in measure_latencies(entries, inputs, spec, threads)])
+            alone.append(alone_p50s())
+    alone_ms, bench_ms = np.array(alone).T, np.array(bench).T
+    ratios = paired_ratios(alone_ms, bench_ms)
+    shared = shared_process_p50(entries, feeds, task, threads, spec.warmup,
+                                round_sizes(args.repeats * args.passes, args.passes))
     rows = {}
     for k, entry in enumerate(entries):
+        alone_median = float(np.median(alone_ms[k]))
         rows[model_key({"name": entry.name, "format": entry.format})] = {
-            "bench_p50_ms": bench[k][0]["p50"], "alone_p50_ms": (before[k] + after[k]) / 2,
-            "alone_before_ms": before[k], "alone_after_ms": after[k], "alone_drift": after[k] / before[k] - 1}
-    shared = shared_process_p50(entries, feeds, task, threads, spec.warmup, round_sizes(args.repeats, args.rounds))
-    for row, p50 in zip(rows.values(), shared, strict=True):
-        row["shared_p50_ms"] = p50
-        row["bench_vs_alone"] = row["bench_p50_ms"] / row["alone_p50_ms"] - 1
-        row["shared_vs_alone"] = p50 / row["alone_p50_ms"] - 1
+            "alone_p50_ms": alone_median, "alone_passes_ms": alone_ms[k].tolist(),
+            "alone_spread": float(np.max(np.abs(alone_ms[k] / alone_median - 1))),
+            "bench_p50_ms": float(np.median(bench_ms[k])), "bench_passes_ms": bench_ms[k].tolist(),
+            "bench_vs_alone": float(ratios[k]),
+            "shared_p50_ms": shared[k], "shared_vs_alone": shared[k] / alone_median - 1}
     out = args.run_dir / "timing-isolation"
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"hardware": hardware(threads), "seq_len": spec.seq_len, "repeats": args.repeats, "models": rows,
+    summary = {"hardware": hardware(threads), "seq_len": spec.seq_len, "repeats": args.repeats,
+               "passes": args.passes, "models": rows,
                "max_abs_bench_vs_alone": max(abs(r["bench_vs_alone"]) for r in rows.values()),
-               "max_abs_alone_drift": max(abs(r["alone_drift"]) for r in rows.values()),
+               "max_alone_spread": max(r["alone_spread"] for r in rows.values()),
                "max_abs_shared_vs_alone": max(abs(r["shared_vs_alone"]) for r in rows.values())}
     atomic_write_json(out / "summary.json", summary)
-    print(f"{'model':32} {'alone ms':>9} {'drift':>7} {'bench ms':>9} {'vs alone':>9} {'shared ms':>10} "
+    print(f"{'model':32} {'alone ms':>9} {'spread':>7} {'bench ms':>9} {'vs alone':>9} {'shared ms':>10} "
           f"{'vs alone':>9}")
     for key, row in rows.items():
-        print(f"{key:32} {row['alone_p50_ms']:9.2f} {row['alone_drift'] * 100:+6.1f}% {row['bench_p50_ms']:9.2f} "
+        print(f"{key:32} {row['alone_p50_ms']:9.2f} {row['alone_spread'] * 100:6.1f}% {row['bench_p50_ms']:9.2f} "
               f"{row['bench_vs_alone'] * 100:+8.1f}% {row['shared_p50_ms']:10.2f} "
               f"{row['shared_vs_alone'] * 100:+8.1f}%")
-    print(json.dumps({k: summary[k] for k in ("max_abs_bench_vs_alone", "max_abs_alone_drift",
+    print(json.dumps({k: summary[k] for k in ("max_abs_bench_vs_alone", "max_alone_spread",
                                                "max_abs_shared_vs_alone")}))
     return 0
 

@@ -13,6 +13,7 @@ from distill.core.int8_presets import PER_TOKEN_ACTIVATIONS
 from distill.core.manifest import ArtifactManifest, read_manifest, read_tasks, verify_files
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int8-static": "model.int8-static.onnx"}
+INT8_PRECISIONS = {"dynamic": "int8", "static": "int8-static"}  # export.quantization mode -> the precision it writes
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 MULTI_LABEL_THRESHOLD = 0.5
 DEFAULT_BATCH_SIZE = 16

@@ -7,9 +7,11 @@ import sys
 import pytest
 
 from distill import load_recipe, run_recipe
+from distill.bench.report import int8_label
 from distill.cli import main
 from distill.core.errors import DistillInputError
 from distill.core.fileio import read_json
+from distill.core.manifest import fallback_node_count
 
 REPORT_MODEL_KEYS = {"name", "role", "format", "params", "size_bytes", "latency_ms", "throughput_per_s", "scores",
                      "mean_score", "retention"}
@@ -55,6 +57,10 @@ def test_run_writes_run_json_and_a_valid_report(trained_run):
     assert teacher["scores"]["sentiment"] > 0.8, "the tiny teacher learns the toy sentiment task"
     student_int8 = next(m for m in report["models"] if m["name"] == "s2" and m["format"] == "onnx-int8")
     assert student_int8["params"] < teacher["params"]
+    manifest = read_json(out / "artifacts" / "s2" / "manifest.json")
+    assert student_int8["int8"] == {"mode": "dynamic", "activations": manifest["checks"]["int8"]["dynamic"][
+        "activations"], "kept_out": fallback_node_count(manifest["checks"]["int8"]["dynamic"])}
+    assert {m["format"] for m in report["models"] if "int8" in m} == {"onnx-int8", "onnx-int8-static"}
     assert (out / "report.md").read_text().count("| s2 |") == 3 + 1  # three formats, then the students table
     png = (out / "pareto.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
@@ -172,12 +178,17 @@ def test_compare_prints_changes(trained_run, tmp_path, capsys):
     for model in report["models"]:
         model["latency_ms"]["p50"] *= 2
     report["models"] = report["models"][1:]
+    baseline = next(m for m in report["models"] if m["name"] == "baseline" and m["format"] == "onnx-int8")
+    baseline["int8"] = {**baseline["int8"], "activations": "per_token_asymmetric", "kept_out": 3}
     later = tmp_path / "report.json"
     later.write_text(_json.dumps(report))
     assert main(["compare", str(trained_run / "out" / "report.json"), str(later)]) == 0
     out = capsys.readouterr().out
     assert "(+100.0%)" in out
     assert "teacher/torch-fp32: only in A" in out
+    before = next(m for m in read_json(trained_run / "out" / "report.json")["models"]
+                  if m["name"] == "baseline" and m["format"] == "onnx-int8")
+    assert "baseline/onnx-int8: " in out and f"int8 {int8_label(before)} -> per token, asymmetric, 3 kept out" in out
 
 
 def test_predict_cli_prints_json(trained_run, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill.bench.report import model_key
+from distill.bench.report import int8_label, model_key
 from distill.core.errors import DistillInputError
 from distill.core.fileio import read_json
 
@@ -34,6 +34,8 @@ def compare_reports(a_path: Path, b_path: Path) -> list[str]:
                 continue
             change = f"{(y - x) * scale:+.4f}" if field in ("mean_score", "retention") else f"{(y / x - 1) * 100:+.1f}%"
             parts.append(f"{label} {fmt.format(x * scale)} -> {fmt.format(y * scale)} ({change})")
+        if int8_label(a[key]) != int8_label(b[key]):
+            parts.append(f"int8 {int8_label(a[key])} -> {int8_label(b[key])}")
         lines.append(f"{key}: " + "; ".join(parts))
     lines += [f"{key}: only in A" for key in a if key not in b]
     lines += [f"{key}: only in B" for key in b if key not in a]

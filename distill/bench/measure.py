@@ -13,6 +13,7 @@ import torch
 
 from distill.bench.latency import bench_inputs, round_sizes, run_in_fresh_process, summarise
 from distill.core.fileio import read_json
+from distill.core.manifest import fallback_node_count, read_manifest
 from distill.core.progress import progress
 from distill.data.evaluation import ForwardFn, evaluate, primary_scores, torch_forward
 from distill.data.metrics import mean_score
@@ -20,7 +21,7 @@ from distill.data.tasks import TaskData
 from distill.model.encoder import config_value, find_anatomy, head_size
 from distill.model.multitask import MultiTaskModel
 from distill.recipe import BenchSpec
-from distill.runtime import OnnxForward, model_files
+from distill.runtime import INT8_PRECISIONS, OnnxForward, model_files
 
 
 @dataclass
@@ -56,6 +57,18 @@ def size_bytes(entry: ModelEntry) -> int:
         return sum(p.stat().st_size for p in entry.path.glob("*.safetensors"))
     files = onnx_files(entry)
     return sum(p.stat().st_size for p in (files.values() if isinstance(files, dict) else [files]))
+
+
+def int8_scheme(entry: ModelEntry) -> dict[str, Any] | None:
+    """How an onnx-int8 / onnx-int8-static entry was quantized, from its manifest: the export's int8 mode, the
+    activation scales (static ones are calibrated per tensor) and the weight products the accuracy search kept out
+    of int8 (whole or their outlier channels). None for other formats."""
+    mode = next((m for m, precision in INT8_PRECISIONS.items() if entry.format == f"onnx-{precision}"), None)
+    check = (read_manifest(entry.path).checks.get("int8") or {}).get(mode) if mode else None
+    if not isinstance(check, dict):
+        return None
+    return {"mode": mode, "activations": check.get("activations", "per_tensor"),
+            "kept_out": fallback_node_count(check)}
 
 
 def saved_config(model_dir: Path) -> SimpleNamespace:
@@ -178,4 +191,5 @@ def measure_model(entry: ModelEntry, forward: ForwardFn, latencies: list[dict[st
         "peak_memory_mb": peak_memory_mb(entry, largest["batch"], spec.seq_len, threads),
         "flops": flops_estimate(entry.model_dir, spec.seq_len),
         "scores": scores, "metrics": metrics, "mean_score": mean_score(scores),
+        **({"int8": scheme} if (scheme := int8_scheme(entry)) else {}),
     }

@@ -9,6 +9,7 @@ from typing import Any
 
 from distill.bench.pareto import best_student, model_key, pareto_front
 from distill.core.fileio import atomic_write_json, atomic_write_text
+from distill.core.int8_presets import ACTIVATION_WORDS
 
 PLOT_FILE = "pareto.png"
 
@@ -30,7 +31,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     tasks = [t["name"] for t in report["tasks"]]
     front = set(report.get("pareto_front", []))
     median = report.get("median_test_tokens")
-    header = ["model", "role", "format", "params (M)", "size (MB)", "p50 ms", "p90 ms", "p99 ms",
+    header = ["model", "role", "format", "int8", "params (M)", "size (MB)", "p50 ms", "p90 ms", "p99 ms",
               f"p50 ms at {median} tokens" if median else "p50 ms at median length", "throughput/s", "peak MB",
               "GFLOPs", "GOP/s", "% of peak", *tasks, "mean", "retention", "Pareto"]
     rows = []
@@ -38,7 +39,8 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         lat = m["latency_ms"]
         retention = f"{m['retention']:.3f}" if m.get("retention") is not None else "-"
         rows.append([
-            m["name"], m["role"], m["format"], f"{m['params'] / 1e6:.1f}", f"{m['size_bytes'] / 1e6:.1f}",
+            m["name"], m["role"], m["format"], int8_label(m), f"{m['params'] / 1e6:.1f}",
+            f"{m['size_bytes'] / 1e6:.1f}",
             f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}",
             f"{m['latency_median_length_ms']['p50']:.2f}" if m.get("latency_median_length_ms") else "-",
             f"{m['throughput_per_s']:.1f}", f"{m.get('peak_memory_mb', 0):.0f}", f"{m.get('flops', 0) / 1e9:.2f}",
@@ -48,6 +50,16 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             "*" if model_key(m) in front else "",
         ])
     return header, rows
+
+
+def int8_label(model: dict[str, Any]) -> str:
+    """How a report row's int8 model was quantized, in words ("-" for other formats)."""
+    scheme = model.get("int8")
+    if not scheme:
+        return "-"
+    words = ACTIVATION_WORDS.get(scheme["activations"], scheme["activations"])
+    kept_out = f", {scheme['kept_out']} kept out" if scheme.get("kept_out") else ""
+    return f"{'static, ' if scheme['mode'] == 'static' else ''}{words}{kept_out}"
 
 
 def student_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -127,7 +139,8 @@ def _summary(report: dict[str, Any]) -> tuple[str, str, str]:
     hardware_line = (f"Hardware: {hw['cpu']}; ISA {', '.join(hw['isa']) or 'n/a'}; {hw['threads']} threads; "
                      f"torch {hw['torch']}, onnxruntime {hw['onnxruntime']}.")
     tasks_line = "Tasks: " + ", ".join(f"{t['name']} ({t['metric']})" for t in report["tasks"])
-    latency_line = (f"Latency: batch {lat['batch']} × {lat['seq_len']} tokens. Throughput at the largest batch. "
+    latency_line = (f"Latency: batch {lat['batch']} × {lat['seq_len']} tokens. int8: the activation scales, and how "
+                    "many weight products the accuracy search kept out of int8. Throughput at the largest batch. "
                     "Peak MB: peak resident memory of a fresh process running the model at the largest batch. "
                     + _peak_line(report) +
                     "Pareto: no other model is both better and faster.")

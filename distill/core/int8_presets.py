@@ -7,6 +7,8 @@ INT8_MAX_REDUCED = 64  # onnxruntime's reduce_range for int8 weights: [-64, 64],
 # export.int8_activations whose dynamic int8 gives each token its own scale (distill.export.per_token): their
 # labels do not depend on the batch, and the graph is fused with MultiHeadAttention after the Q/K/V products
 PER_TOKEN_ACTIVATIONS = ("per_token", "per_token_asymmetric")
+ACTIVATION_WORDS = {"per_tensor": "per tensor", "per_token": "per token",
+                    "per_token_asymmetric": "per token, asymmetric"}
 
 # Without VNNI, x86 u8×s8 kernels (VPMADDUBSW) can saturate, so weights are quantised to a reduced range.
 INT8_PRESETS = {

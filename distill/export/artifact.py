@@ -36,7 +36,7 @@ from distill.export.quantize import (
 )
 from distill.model.multitask import TASKS_FILE, MultiTaskModel
 from distill.recipe import ExportSpec
-from distill.runtime import MODEL_FILES, OnnxForward, task_file
+from distill.runtime import INT8_PRECISIONS, MODEL_FILES, OnnxForward, task_file
 
 log = logging.getLogger(__name__)
 INT8_WARN_DROP = 0.01
@@ -122,7 +122,7 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
         searched_in: dict[str | None, Path] = {}  # the graph whose node names `fallbacks` holds
         first_mode = spec.quantization[0]
         for mode in spec.quantization if spec.int8 else []:
-            precision = "int8" if mode == "dynamic" else "int8-static"
+            precision = INT8_PRECISIONS[mode]
             int8_path = _graph_files(tmp, precision, model, spec.graphs)
             feeds = calibration_feeds(tasks, spec.calibration_examples, pad_id) if mode == "static" else None
             excluded, searches, graph, graph_ops = [], {}, "unfused", {}
@@ -180,8 +180,8 @@ def export_artifact(model_dir: Path, out_dir: Path, tasks: list[TaskData], spec:
                 shutil.copy2(model_dir / name, tmp / name)
         hf_dirs = {}
         if spec.hf_dirs:
-            precision = "int8" if spec.int8 and "dynamic" in spec.quantization else (
-                "int8-static" if spec.int8 else "fp32")
+            precision = INT8_PRECISIONS["dynamic" if "dynamic" in spec.quantization else "static"] if spec.int8 \
+                else "fp32"
             hf_dirs = write_hf_dirs(tmp, model_dir, _graph_files(tmp, precision, model, spec.graphs), read_tasks(tmp))
             log.info("%s: Hugging Face directories (%s) in %s/", model_dir.name, precision, HF_DIR)
         refitted = [path for task, (path, _) in per_token_sources.items() if path != fp32_graphs[task]]
