@@ -46,8 +46,8 @@ class ExportSpec(Strict):
                                     "not smoothed) or auto (the first of per_tensor, per_token and "
                                     "per_token_asymmetric whose graph with every product in int8 reaches "
                                     "int8_min_agreement on dev at check_batch_size; where none does, the "
-                                    "accuracy search on per_token, or on per_token_asymmetric where that agreed "
-                                    "at least 0.001 better; per_token without a target)")
+                                    "accuracy search on the fastest of them whose dev agreement is within 0.001 "
+                                    "of the best; per_token without a target)")
     per_channel: bool = Field(default=True, description="int8 weights with one scale per output channel (a "
                                                         "column whose values are small keeps its precision)")
     keep_fp32: list[str] = Field(
