@@ -9,9 +9,11 @@ median_of_rounds (the median of the rounds' medians), fastest_round (the lowest 
 percentile of every call).
 
     python -m benchmarks.latency_estimators RUN_DIR (--demo [--quick | --base] | --recipe RECIPE.yaml)
-        [--rounds 16] [--calls 20] [--picks 3] [--draws 400]
+        [--rounds 16] [--calls 20] [--picks 3] [--draws 400] [--saved] [--calls-used N]
 
 Prints one row per estimator and ratio and saves RUN_DIR/latency-estimators.json (the raw timings included).
+`--saved` simulates again from those timings without timing anything (with `--calls-used N`: only the first N
+calls of each round, e.g. 4 rounds of 5 calls against 2 rounds of 10 from the same timings).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,12 +32,14 @@ from benchmarks.run_args import add_run_args, run_entries, run_recipe_of
 from distill.bench.latency import run_in_fresh_process
 from distill.bench.measure import bench_feed, deployed_model
 from distill.bench.pareto import model_key
-from distill.core.fileio import atomic_write_json
+from distill.core.fileio import atomic_write_json, read_json
 from distill.core.hardware import hardware
 from distill.core.progress import progress
 from distill.pipeline import prepare
 from students.vocab_map import student_inputs
 
+SAVED_FILE = "latency-estimators.json"
+BASELINE, TEACHER = "baseline/onnx-int8", "teacher/onnx-fp32"
 ESTIMATORS: dict[str, Callable[[list[np.ndarray]], float]] = {
     "pooled": lambda rounds: float(np.median(np.concatenate(rounds))),
     "median_of_rounds": lambda rounds: float(np.median([np.median(r) for r in rounds])),
@@ -61,25 +66,16 @@ def ratio_spread(times: dict[str, list[np.ndarray]], pairs: list[tuple[str, str]
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_run_args(parser, "the --out directory of a finished run")
-    parser.add_argument("--rounds", type=int, default=16, help="turns over all the models")
-    parser.add_argument("--calls", type=int, default=20, help="timed calls per model and round")
-    parser.add_argument("--picks", type=int, default=3, help="rounds in one simulated bench run")
-    parser.add_argument("--draws", type=int, default=400, help="simulated bench runs")
-    args = parser.parse_args(argv)
-    if min(args.rounds, args.calls, args.picks, args.draws) < 1 or args.picks > args.rounds:
-        parser.error("--rounds, --calls, --picks and --draws must be at least 1, and --picks at most --rounds")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def time_rounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, list[np.ndarray]],
+                                                                                dict[str, Any]]:
+    """Every ONNX fp32 and dynamic int8 model of the run, `args.rounds` turns of `args.calls` timed calls each (a
+    fresh process per model and round); and what to save beside the timings."""
     recipe = run_recipe_of(parser, args)
     state = prepare(recipe, args.run_dir)
     entries = {model_key({"name": e.name, "format": e.format}): e for e in run_entries(recipe, args.run_dir)
                if e.format in ("onnx-fp32", "onnx-int8")}
-    baseline, teacher = "baseline/onnx-int8", "teacher/onnx-fp32"
-    if baseline not in entries or teacher not in entries:
+    if BASELINE not in entries or TEACHER not in entries:
         parser.error(f"{args.run_dir}: the run has no exported int8 baseline and fp32 teacher; export it first")
-    pairs = [(key, baseline if key.endswith("int8") else teacher) for key, e in entries.items() if e.role == "student"]
     threads = recipe.bench.threads or hardware()["cores"] or 1
     task = state.tasks[0].info.name
     times: dict[str, list[np.ndarray]] = {key: [] for key in entries}
@@ -96,12 +92,41 @@ def main(argv: list[str] | None = None) -> int:
                                                   recipe.bench.warmup, args.calls)
                     times[key].append(got[0])
                     bar.update(1)
-    spread = ratio_spread(times, pairs, args.picks, args.draws)
-    atomic_write_json(args.run_dir / "latency-estimators.json", {
-        "hardware": hardware(threads), "seq_len": recipe.bench.seq_len, "rounds": args.rounds, "calls": args.calls,
-        "picks": args.picks, "draws": args.draws, "ratios": spread,
-        "round_p50_ms": {key: [float(np.median(t)) for t in rounds] for key, rounds in times.items()},
-        "times_ms": {key: [t.tolist() for t in rounds] for key, rounds in times.items()}})
+    return times, {"hardware": hardware(threads), "seq_len": recipe.bench.seq_len}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_args(parser, "the --out directory of a finished run")
+    parser.add_argument("--rounds", type=int, default=16, help="turns over all the models")
+    parser.add_argument("--calls", type=int, default=20, help="timed calls per model and round")
+    parser.add_argument("--picks", type=int, default=3, help="rounds in one simulated bench run")
+    parser.add_argument("--draws", type=int, default=400, help="simulated bench runs")
+    parser.add_argument("--saved", action="store_true",
+                        help=f"read the timings of an earlier run from RUN_DIR/{SAVED_FILE} instead of timing")
+    parser.add_argument("--calls-used", type=int, help="simulate with only the first N calls of each round")
+    args = parser.parse_args(argv)
+    if min(args.rounds, args.calls, args.picks, args.draws, args.calls_used or 1) < 1:
+        parser.error("--rounds, --calls, --calls-used, --picks and --draws must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    saved_path = args.run_dir / SAVED_FILE
+    if args.saved:
+        if not saved_path.is_file():
+            parser.error(f"{saved_path}: not found; run without --saved first")
+        times = {key: [np.asarray(r) for r in rounds] for key, rounds in read_json(saved_path)["times_ms"].items()}
+    else:
+        times, about = time_rounds(parser, args)
+    if args.picks > len(next(iter(times.values()))):
+        parser.error(f"--picks {args.picks} is more than the {len(next(iter(times.values())))} rounds timed")
+    used = {key: [r[: args.calls_used] for r in rounds] for key, rounds in times.items()}
+    pairs = [(key, BASELINE if key.endswith("int8") else TEACHER) for key in times if key not in (BASELINE, TEACHER)]
+    spread = ratio_spread(used, pairs, args.picks, args.draws)
+    if not args.saved:
+        atomic_write_json(saved_path, {
+            **about, "rounds": args.rounds, "calls": args.calls, "picks": args.picks, "draws": args.draws,
+            "ratios": spread, "round_p50_ms": {key: [float(np.median(t)) for t in rounds]
+                                               for key, rounds in times.items()},
+            "times_ms": {key: [t.tolist() for t in rounds] for key, rounds in times.items()}})
     print(f"{'estimator':18} {'ratio':52} {'median':>7} {'std':>7} {'range':>15}")
     for name, ratios in spread.items():
         for pair, r in ratios.items():

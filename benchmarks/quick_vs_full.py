@@ -6,11 +6,12 @@ Ratios are compared only where both runs shipped the same graph: the same format
 activation scales and the same number of products kept out of int8 (the baseline's too, for the ratio to the
 baseline). Auto picks the int8 scheme per model from its own dev agreement, so a quick student trained on less
 data may ship another graph than its full twin; that row's gap is the graph's, not the timing's, and is shown
-but not judged.
+but not judged; so is every int8 row of a report written before reports named the scheme (`int8`).
 
     python -m benchmarks.quick_vs_full QUICK_RUN/report.json FULL_RUN/report.json [--max-gap 0.05]
 
-Prints one row per student model; exits 1 when a compared ratio differs by more than --max-gap.
+Prints one row per student model; exits 1 when a compared ratio differs by more than --max-gap, or when no ratio
+could be compared.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ from distill.core.fileio import read_json
 REFERENCES = {"baseline": "baseline/onnx-int8", "teacher fp32": "teacher/onnx-fp32"}
 
 
+def _graph(model: dict[str, Any]) -> str | None:
+    """What int8 graph a report row shipped ("-" for fp32), or None where the report does not say."""
+    return None if model["format"].startswith("onnx-int8") and "int8" not in model else int8_label(model)
+
+
+def _same_graph(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return _graph(a) is not None and _graph(a) == _graph(b)
+
+
 def ratio_rows(quick: dict[str, Any], full: dict[str, Any]) -> list[dict[str, Any]]:
     """Per student model in both reports and per reference: the two ratios, whether they compare, and the gap."""
     runs = [{model_key(m): m for m in report["models"]} for report in (quick, full)]
@@ -39,7 +49,7 @@ def ratio_rows(quick: dict[str, Any], full: dict[str, Any]) -> list[dict[str, An
                 continue
             ratios = [m["latency_ms"]["p50"] / run[reference]["latency_ms"]["p50"]
                       for m, run in zip(pair, runs, strict=True)]
-            same = len({int8_label(m) for m in pair}) == 1 and len({int8_label(run[reference]) for run in runs}) == 1
+            same = _same_graph(*pair) and _same_graph(*(run[reference] for run in runs))
             row["ratios"][name] = {"quick": ratios[0], "full": ratios[1], "gap": ratios[0] - ratios[1],
                                    "compared": same}
         rows.append(row)

@@ -9,9 +9,10 @@ bench length, timed three ways in one run:
 
 A shared machine drifts by tens of percent over minutes, more than the effect looked for, so the passes alternate
 (alone, bench, alone, ..., alone) and each bench pass is compared with the alone passes on either side of it: a
-model's `bench_vs_alone` is the median over the bench passes of bench / mean(alone before, alone after) - 1. The
-alone passes' own spread (`alone_spread`: the largest distance of one alone p50 from their median) is the noise
-the comparison is read against.
+model's `bench_vs_alone` is the median over the bench passes of bench / mean(alone before, alone after) - 1 (so
+it is not the ratio of the two medians printed beside it, `bench_p50_ms` and `alone_p50_ms`). The alone passes' own
+spread (`alone_spread`: the largest distance of one alone p50 from their median) is the noise the comparison is
+read against.
 
     python -m benchmarks.timing_isolation RUN_DIR (--demo [--quick | --base] | --recipe RECIPE.yaml)
         [--repeats 30] [--passes 5]
@@ -56,6 +57,8 @@ def paired_ratios(alone: np.ndarray, bench: np.ndarray) -> np.ndarray:
     """Per model (rows), the median over bench passes of bench / mean(the alone passes either side) - 1.
 
     `alone` has one more pass (column) than `bench`: they alternate, alone first and last."""
+    if alone.shape != (bench.shape[0], bench.shape[1] + 1):
+        raise ValueError(f"alone passes {alone.shape} do not frame bench passes {bench.shape}")
     neighbours = (alone[:, :-1] + alone[:, 1:]) / 2
     return np.median(bench / neighbours, axis=1) - 1
 
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                "max_alone_spread": max(r["alone_spread"] for r in rows.values()),
                "max_abs_shared_vs_alone": max(abs(r["shared_vs_alone"]) for r in rows.values())}
     atomic_write_json(out / "summary.json", summary)
-    print(f"{'model':32} {'alone ms':>9} {'spread':>7} {'bench ms':>9} {'vs alone':>9} {'shared ms':>10} "
+    print(f"{'model':32} {'alone ms':>9} {'spread':>7} {'bench ms':>9} {'paired':>9} {'shared ms':>10} "
           f"{'vs alone':>9}")
     for key, row in rows.items():
         print(f"{key:32} {row['alone_p50_ms']:9.2f} {row['alone_spread'] * 100:6.1f}% {row['bench_p50_ms']:9.2f} "

@@ -10,7 +10,7 @@ import numpy as np
 
 from distill.core.errors import DistillInputError
 from distill.core.int8_presets import PER_TOKEN_ACTIVATIONS
-from distill.core.manifest import ArtifactManifest, read_manifest, read_tasks, verify_files
+from distill.core.manifest import ArtifactManifest, activation_scales, read_manifest, read_tasks, verify_files
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int8-static": "model.int8-static.onnx"}
 INT8_PRECISIONS = {"dynamic": "int8", "static": "int8-static"}  # export.quantization mode -> the precision it writes
@@ -107,7 +107,7 @@ def checked_batch_size(manifest: ArtifactManifest, precision: str) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise DistillInputError(f"manifest.json: checks.int8.dynamic.batch_size: {size!r} is not a positive "
                                 "integer (export the artifact again)")
-    return DEFAULT_BATCH_SIZE if isinstance(dynamic, dict) and dynamic.get("activations") in PER_TOKEN_ACTIVATIONS \
+    return DEFAULT_BATCH_SIZE if isinstance(dynamic, dict) and activation_scales(dynamic) in PER_TOKEN_ACTIVATIONS \
         else size
 
 

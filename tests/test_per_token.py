@@ -217,6 +217,7 @@ def test_auto_takes_the_first_scheme_whose_every_product_int8_graph_reaches_the_
         assert not dynamic["activations_auto"]["reached"] and "fallback_search" in dynamic
         assert ("ReduceMin" in ops(tmp_path / name / "model.int8.onnx")) == (searched == "per_token_asymmetric")
         assert ("MatMulIntegerToFloat" in ops(tmp_path / name / "model.int8.onnx")) == (searched != "per_tensor")
+        assert Predictor(tmp_path / name).batch_size == (1 if searched == "per_tensor" else 16)
         assert not list((tmp_path / name).glob("*.auto.onnx"))
 
 

@@ -57,10 +57,17 @@ def test_run_writes_run_json_and_a_valid_report(trained_run):
     assert teacher["scores"]["sentiment"] > 0.8, "the tiny teacher learns the toy sentiment task"
     student_int8 = next(m for m in report["models"] if m["name"] == "s2" and m["format"] == "onnx-int8")
     assert student_int8["params"] < teacher["params"]
-    manifest = read_json(out / "artifacts" / "s2" / "manifest.json")
-    assert student_int8["int8"] == {"mode": "dynamic", "activations": manifest["checks"]["int8"]["dynamic"][
-        "activations"], "kept_out": fallback_node_count(manifest["checks"]["int8"]["dynamic"])}
+    checks = read_json(out / "artifacts" / "s2" / "manifest.json")["checks"]["int8"]
+    student_static = next(m for m in report["models"] if m["name"] == "s2" and m["format"] == "onnx-int8-static")
+    assert student_int8["int8"] == {"mode": "dynamic", "activations": checks["dynamic"]["activations"],
+                                    "kept_out": fallback_node_count(checks["dynamic"])}
+    assert student_static["int8"] == {"mode": "static", "activations": "per_tensor",
+                                      "kept_out": fallback_node_count(checks["static"])}
     assert {m["format"] for m in report["models"] if "int8" in m} == {"onnx-int8", "onnx-int8-static"}
+    table = (out / "report.md").read_text()
+    assert "| model | role | format | int8 |" in table
+    assert f"| s2 | student | onnx-int8-static | {int8_label(student_static)} |" in table
+    assert int8_label(student_static).startswith("static, per tensor")
     assert (out / "report.md").read_text().count("| s2 |") == 3 + 1  # three formats, then the students table
     png = (out / "pareto.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000

@@ -34,7 +34,7 @@ def compare_reports(a_path: Path, b_path: Path) -> list[str]:
                 continue
             change = f"{(y - x) * scale:+.4f}" if field in ("mean_score", "retention") else f"{(y / x - 1) * 100:+.1f}%"
             parts.append(f"{label} {fmt.format(x * scale)} -> {fmt.format(y * scale)} ({change})")
-        if int8_label(a[key]) != int8_label(b[key]):
+        if "int8" in a[key] and "int8" in b[key] and int8_label(a[key]) != int8_label(b[key]):
             parts.append(f"int8 {int8_label(a[key])} -> {int8_label(b[key])}")
         lines.append(f"{key}: " + "; ".join(parts))
     lines += [f"{key}: only in A" for key in a if key not in b]

@@ -13,7 +13,7 @@ import torch
 
 from distill.bench.latency import bench_inputs, round_sizes, run_in_fresh_process, summarise
 from distill.core.fileio import read_json
-from distill.core.manifest import fallback_node_count, read_manifest
+from distill.core.manifest import activation_scales, fallback_node_count, read_manifest
 from distill.core.progress import progress
 from distill.data.evaluation import ForwardFn, evaluate, primary_scores, torch_forward
 from distill.data.metrics import mean_score
@@ -62,13 +62,13 @@ def size_bytes(entry: ModelEntry) -> int:
 def int8_scheme(entry: ModelEntry) -> dict[str, Any] | None:
     """How an onnx-int8 / onnx-int8-static entry was quantized, from its manifest: the export's int8 mode, the
     activation scales (static ones are calibrated per tensor) and the weight products the accuracy search kept out
-    of int8 (whole or their outlier channels). None for other formats."""
+    of int8 (whole or their outlier channels). None for other formats, or where the manifest has no checks of
+    that mode."""
     mode = next((m for m, precision in INT8_PRECISIONS.items() if entry.format == f"onnx-{precision}"), None)
     check = (read_manifest(entry.path).checks.get("int8") or {}).get(mode) if mode else None
     if not isinstance(check, dict):
         return None
-    return {"mode": mode, "activations": check.get("activations", "per_tensor"),
-            "kept_out": fallback_node_count(check)}
+    return {"mode": mode, "activations": activation_scales(check), "kept_out": fallback_node_count(check)}
 
 
 def saved_config(model_dir: Path) -> SimpleNamespace:

@@ -11,7 +11,7 @@ import yaml
 from distill.bench.report import kept_layers, reference_teacher
 from distill.core.fileio import atomic_write_text
 from distill.core.int8_presets import ACTIVATION_WORDS
-from distill.core.manifest import fallback_node_count, read_manifest, read_tasks
+from distill.core.manifest import activation_scales, fallback_node_count, read_manifest, read_tasks
 from distill.demo.assets import DEMO_HUB_IDS
 from distill.runtime import MODEL_FILES, model_files
 
@@ -176,8 +176,8 @@ def _int8_checks(checks: dict[str, Any], fusion: dict[str, Any]) -> list[str]:
         agreement = check.get("test_label_agreement_vs_fp32", {})
         shares = ", ".join(f"{task} {100 * share:.2f} %" for task, share in agreement.items())
         fallback = fallback_node_count(check)
-        words = ACTIVATION_WORDS.get(check.get("activations", ""))
-        scales = f" (activations {words})" if words else ""
+        scheme = activation_scales(check)
+        scales = f" (activations {ACTIVATION_WORDS.get(scheme, scheme)})"
         lines.append(f"- {mode} int8{scales}: test labels equal to fp32's: {shares}"
                      + (f"; {fallback} weight product(s) kept out of int8 by the accuracy search" if fallback
                         else ""))

@@ -53,6 +53,12 @@ class ArtifactManifest(BaseModel):
         return dirs
 
 
+def activation_scales(int8_check: dict[str, Any]) -> str:
+    """The activation scales of one int8 mode's checks: what the export recorded (`activations`), else per tensor
+    (static int8 is calibrated per tensor, and dynamic int8 was per tensor before the exporter recorded it)."""
+    return int8_check.get("activations") or "per_tensor"
+
+
 def fallback_node_count(int8_check: dict[str, Any]) -> int:
     """The nodes the accuracy search kept out of int8, over every graph of one int8 mode's checks."""
     return sum(len(search.get("nodes", [])) for search in (int8_check.get("fallback_search") or {}).values())
