@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"read the timings of an earlier run from RUN_DIR/{SAVED_FILE} instead of timing")
     parser.add_argument("--calls-used", type=int, help="simulate with only the first N calls of each round")
     args = parser.parse_args(argv)
-    if min(args.rounds, args.calls, args.picks, args.draws, args.calls_used or 1) < 1:
+    counts = [args.rounds, args.calls, args.picks, args.draws] + ([] if args.calls_used is None else [args.calls_used])
+    if min(counts) < 1:
         parser.error("--rounds, --calls, --calls-used, --picks and --draws must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     saved_path = args.run_dir / SAVED_FILE
