@@ -106,13 +106,13 @@ def quantize_per_token(source: Path, target: Path, exclude: list[str], only: lis
         x, rewrite = node.input[0], []
         if x not in inputs:
             tag = f"{prefix}_input{len(inputs)}"
-            axes = {} if opset >= 18 else {"axes": [-1]}
-            reduce_inputs = [f"{tag}_abs"] + ([f"{prefix}_last_axis"] if opset >= 18 else [])
+            axes = {} if opset >= 18 else {"axes": [-1]}  # opset 18 moved a reduction's axes to an input
+            axis_input = [f"{prefix}_last_axis"] if opset >= 18 else []
             if asymmetric:  # the half range around the token's center, and x - center
                 rewrite += [
-                    helper.make_node("ReduceMax", [x, *reduce_inputs[1:]], [f"{tag}_top"], name=f"{tag}_top",
+                    helper.make_node("ReduceMax", [x, *axis_input], [f"{tag}_top"], name=f"{tag}_top",
                                      keepdims=1, **axes),
-                    helper.make_node("ReduceMin", [x, *reduce_inputs[1:]], [f"{tag}_bottom"], name=f"{tag}_bottom",
+                    helper.make_node("ReduceMin", [x, *axis_input], [f"{tag}_bottom"], name=f"{tag}_bottom",
                                      keepdims=1, **axes),
                     helper.make_node("Add", [f"{tag}_top", f"{tag}_bottom"], [f"{tag}_sum"], name=f"{tag}_sum"),
                     helper.make_node("Mul", [f"{tag}_sum", f"{prefix}_half"], [f"{tag}_center"],
@@ -124,8 +124,8 @@ def quantize_per_token(source: Path, target: Path, exclude: list[str], only: lis
             else:
                 rewrite += [
                     helper.make_node("Abs", [x], [f"{tag}_abs"], name=f"{tag}_abs"),
-                    helper.make_node("ReduceMax", reduce_inputs, [f"{tag}_max"], name=f"{tag}_max", keepdims=1,
-                                     **axes),
+                    helper.make_node("ReduceMax", [f"{tag}_abs", *axis_input], [f"{tag}_max"], name=f"{tag}_max",
+                                     keepdims=1, **axes),
                 ]
                 to_scale = x
             rewrite += [
